@@ -1,0 +1,221 @@
+-- eventstore: the schema users see.
+--
+-- Read top to bottom: the event log, the command a caller builds, push, the lock helpers,
+-- catch-up and its checkpoints. The native functions live in the module `eventstore`; every
+-- public function pins its search_path so a user's objects can never stand in for ours.
+-- Lock class ids and SQLSTATEs are listed in README.md ("Lock keys", "Errors").
+
+-- The global position. CACHE 1 so that positions are drawn in exactly the order writers draw
+-- them (G3); it is only ever advanced by push, after the writer and aggregate locks are held.
+CREATE SEQUENCE eventstore.position_seq AS bigint CACHE 1 NO CYCLE;
+
+-- One row per event. The primary key is the aggregate's gapless sequence (G2); position is
+-- the global order catch-up reads in (G3, G7).
+CREATE TABLE eventstore.events (
+    instance_id    text        NOT NULL,
+    aggregate_type text        NOT NULL,
+    aggregate_id   text        NOT NULL,
+    sequence       bigint      NOT NULL,
+    event_type     text        NOT NULL,
+    revision       smallint    NOT NULL,
+    payload        jsonb,
+    creator        text        NOT NULL,
+    owner          text        NOT NULL,
+    created_at     timestamptz NOT NULL,
+    position       bigint      NOT NULL,
+    in_tx_order    integer     NOT NULL,
+    CONSTRAINT events_pkey PRIMARY KEY (instance_id, aggregate_type, aggregate_id, sequence),
+    CONSTRAINT events_position_key UNIQUE (position)
+);
+ALTER SEQUENCE eventstore.position_seq OWNED BY eventstore.events.position;
+
+-- Catch-up reads by position: globally (events_position_key), per instance, and filtered by
+-- aggregate type per instance and globally.
+CREATE INDEX events_instance_position ON eventstore.events (instance_id, position);
+CREATE INDEX events_instance_aggregate_type_position
+    ON eventstore.events (instance_id, aggregate_type, position);
+CREATE INDEX events_aggregate_type_position ON eventstore.events (aggregate_type, position);
+
+COMMENT ON TABLE eventstore.events IS
+    'The event log: one row per event, written only by eventstore.push.';
+COMMENT ON COLUMN eventstore.events.sequence IS
+    'Per-aggregate sequence: 1, 2, 3... with no gap and no duplicate (G2).';
+COMMENT ON COLUMN eventstore.events.position IS
+    'Global position: unique, drawn after the writer and aggregate locks are held (G3).';
+COMMENT ON COLUMN eventstore.events.in_tx_order IS
+    'Index of the event within its push call, from 0.';
+
+-- What a caller builds: ZITADEL's field order, plus expected_sequence (NULL = no check).
+CREATE TYPE eventstore.command AS (
+    instance_id       text,
+    aggregate_type    text,
+    aggregate_id      text,
+    event_type        text,
+    revision          smallint,
+    payload           jsonb,
+    creator           text,
+    owner             text,
+    expected_sequence bigint
+);
+COMMENT ON TYPE eventstore.command IS
+    'One event to append. Build it with eventstore.command(...).';
+
+CREATE FUNCTION eventstore.command(
+    instance_id       text,
+    aggregate_type    text,
+    aggregate_id      text,
+    event_type        text,
+    payload           jsonb   DEFAULT NULL,
+    revision          integer DEFAULT 1,
+    creator           text    DEFAULT NULL,
+    owner             text    DEFAULT NULL,
+    expected_sequence bigint  DEFAULT NULL
+) RETURNS eventstore.command
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ROW(instance_id, aggregate_type, aggregate_id, event_type, revision::smallint,
+               payload, creator, owner, expected_sequence)::eventstore.command
+$$;
+COMMENT ON FUNCTION eventstore.command(text, text, text, text, jsonb, integer, text, text, bigint) IS
+    'Builds an eventstore.command. creator defaults to current_user, owner to the aggregate''s '
+    'owner (or the instance for a new aggregate), revision to 1.';
+
+-- push: append a batch atomically (G1), with gapless aggregate sequences (G2) and positions
+-- drawn under the locks (G3).
+CREATE FUNCTION eventstore.push(commands eventstore.command[])
+RETURNS TABLE (
+    instance_id    text,
+    aggregate_type text,
+    aggregate_id   text,
+    sequence       bigint,
+    "position"     bigint,
+    in_tx_order    integer,
+    created_at     timestamptz,
+    owner          text
+)
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'push_commands_wrapper';
+COMMENT ON FUNCTION eventstore.push(eventstore.command[]) IS
+    'Appends the commands atomically (G1): per-aggregate gapless sequences (G2), global '
+    'positions drawn under the writer lock (G3). One row per event written.';
+
+CREATE FUNCTION eventstore.push(commands jsonb)
+RETURNS TABLE (
+    instance_id    text,
+    aggregate_type text,
+    aggregate_id   text,
+    sequence       bigint,
+    "position"     bigint,
+    in_tx_order    integer,
+    created_at     timestamptz,
+    owner          text
+)
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'push_json_wrapper';
+COMMENT ON FUNCTION eventstore.push(jsonb) IS
+    'push for drivers that cannot bind composite arrays: a JSON array of command objects '
+    'with the fields of eventstore.command. Unknown fields are refused.';
+
+-- An untyped literal or parameter ('[...]') would match both forms above; this one takes it.
+CREATE FUNCTION eventstore.push(commands text)
+RETURNS TABLE (
+    instance_id    text,
+    aggregate_type text,
+    aggregate_id   text,
+    sequence       bigint,
+    "position"     bigint,
+    in_tx_order    integer,
+    created_at     timestamptz,
+    owner          text
+)
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM eventstore.push(commands::jsonb) $$;
+COMMENT ON FUNCTION eventstore.push(text) IS
+    'push(jsonb) for a JSON text, so that an untyped parameter or literal needs no cast.';
+
+-- Lock helpers, all transaction-scoped (safe behind a transaction-pooling PgBouncer).
+CREATE FUNCTION eventstore.lock_writer(instance_id text)
+RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'lock_writer_wrapper';
+COMMENT ON FUNCTION eventstore.lock_writer(text) IS
+    'Takes the shared writer lock push takes for this instance, until the transaction ends.';
+
+CREATE FUNCTION eventstore.lock_projection(
+    projection  text,
+    instance_id text    DEFAULT NULL,
+    wait        boolean DEFAULT false
+) RETURNS boolean
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'lock_projection_wrapper';
+COMMENT ON FUNCTION eventstore.lock_projection(text, text, boolean) IS
+    'Takes the exclusive projection lock until the transaction ends (G6). wait = false: '
+    'returns false at once when another transaction holds it.';
+
+CREATE FUNCTION eventstore.await_writers(instance_id text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'await_writers_wrapper';
+COMMENT ON FUNCTION eventstore.await_writers(text) IS
+    'The barrier: waits for the writers in flight (of this instance, or of all when NULL) and '
+    'returns the safe horizon, a position at or below which every write has finished (G4).';
+
+-- Checkpoints: one row per projection and instance (instance_id NULL: a global projection).
+CREATE TABLE eventstore.projection_states (
+    projection  text        NOT NULL,
+    instance_id text,
+    checkpoint  bigint      NOT NULL DEFAULT 0,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT projection_states_key UNIQUE NULLS NOT DISTINCT (projection, instance_id)
+);
+COMMENT ON TABLE eventstore.projection_states IS
+    'Projection checkpoints: every event at or below checkpoint has been handed out and '
+    'committed. Written only by projection_catchup, in the caller''s transaction.';
+
+CREATE FUNCTION eventstore.projection_catchup(
+    projection      text,
+    instance_id     text    DEFAULT NULL,
+    batch_size      integer DEFAULT 1000,
+    aggregate_types text[]  DEFAULT NULL,
+    event_types     text[]  DEFAULT NULL,
+    wait            boolean DEFAULT false
+) RETURNS SETOF eventstore.events
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'projection_catchup_wrapper';
+COMMENT ON FUNCTION eventstore.projection_catchup(text, text, integer, text[], text[], boolean) IS
+    'Hands out the next batch of a projection in position order and advances its checkpoint '
+    'in the caller''s transaction: never skipped (G4), never duplicated (G5), never run twice '
+    'at once (G6), in order (G7). Busy and wait = false: zero rows at once.';
+
+CREATE VIEW eventstore.projection_status AS
+SELECT s.projection,
+       s.instance_id,
+       s.checkpoint,
+       head.position                                 AS head,
+       head.position - s.checkpoint                  AS position_behind,
+       (SELECT count(*)
+          FROM eventstore.events e
+         WHERE e.position > s.checkpoint
+           AND (s.instance_id IS NULL OR e.instance_id = s.instance_id)) AS events_behind,
+       s.updated_at                                  AS last_run
+  FROM eventstore.projection_states s
+ CROSS JOIN LATERAL (
+        SELECT coalesce(max(e.position), 0) AS position
+          FROM eventstore.events e
+         WHERE s.instance_id IS NULL OR e.instance_id = s.instance_id) head;
+COMMENT ON VIEW eventstore.projection_status IS
+    'Lag per projection and instance: checkpoint, head (highest committed position in scope), '
+    'events behind, and last_run (when a catch-up last moved the checkpoint).';
+
+-- pg_dump keeps the data of extension tables only when they are marked.
+SELECT pg_catalog.pg_extension_config_dump('eventstore.events', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.projection_states', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.position_seq', '');

@@ -1,0 +1,173 @@
+//! Handing out batches: `eventstore.projection_catchup`.
+//!
+//! One call, inside the caller's transaction:
+//! 1. the projection lock (G6) — busy and `wait = false`: zero rows at once (trap 10);
+//! 2. the barrier (G4) — the horizon, at or below which every write has finished;
+//! 3. the checkpoint and the batch, read under snapshots taken after both waits (trap 4);
+//! 4. the checkpoint advanced in the caller's transaction (G5): to the last event handed out
+//!    when the batch is full, else to the horizon, past events the filters skipped.
+//!
+//! Events come in position order (G7), paged by position, never by OFFSET (trap 5). Under
+//! REPEATABLE READ and SERIALIZABLE the reads still use fresh snapshots, and the checkpoint
+//! write fails with 40001 when another worker moved it after the transaction's snapshot (G10).
+
+use pgrx::callconv::{BoxRet, FcInfo};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::errors;
+use crate::locks;
+use crate::push::{last_position, require_identifier};
+use crate::query::{self, Arg, Snapshot};
+
+/// Largest batch one call hands out.
+pub const MAX_CATCHUP_BATCH: i32 = 100_000;
+
+/// A row of eventstore.events, as a composite datum that outlives the SPI connection.
+pub struct EventRow(pg_sys::Datum);
+
+unsafe impl BoxRet for EventRow {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+        unsafe { fcinfo.return_raw_datum(self.0) }
+    }
+}
+
+pgrx::impl_sql_translatable!(EventRow, "eventstore.events");
+
+/// What the caller asked for, checked.
+struct Request<'a> {
+    projection: &'a str,
+    instance_id: Option<&'a str>,
+    batch_size: i32,
+    aggregate_types: Option<Vec<String>>,
+    event_types: Option<Vec<String>>,
+}
+
+/// `eventstore.projection_catchup(...)`: the next batch of a projection (G4–G7, G10).
+#[pg_extern(sql = false)]
+fn projection_catchup(
+    projection: Option<&str>,
+    instance_id: Option<&str>,
+    batch_size: Option<i32>,
+    aggregate_types: Option<Vec<Option<String>>>,
+    event_types: Option<Vec<Option<String>>>,
+    wait: Option<bool>,
+) -> SetOfIterator<'static, EventRow> {
+    let request = Request {
+        projection: require_identifier("projection", projection),
+        instance_id: instance_id.map(|i| require_identifier("instance_id", Some(i))),
+        batch_size: check_batch_size(batch_size),
+        aggregate_types: type_filter("aggregate_types", aggregate_types),
+        event_types: type_filter("event_types", event_types),
+    };
+    if !locks::lock_projection_key(request.projection, request.instance_id, wait.unwrap_or(false)) {
+        return SetOfIterator::empty();
+    }
+    SetOfIterator::new(query::with_spi(|| next_batch(&request)))
+}
+
+fn next_batch(request: &Request) -> Vec<EventRow> {
+    let horizon = locks::barrier(request.instance_id, last_position);
+    let checkpoint = read_checkpoint(request);
+    if horizon <= checkpoint {
+        return Vec::new();
+    }
+    let rows = query::run(&batch_query(request), &[
+        Arg::new(checkpoint),
+        Arg::new(horizon),
+        Arg::new(request.batch_size),
+        Arg::new(request.instance_id),
+        Arg::new(request.aggregate_types.clone()),
+        Arg::new(request.event_types.clone()),
+    ], Snapshot::Latest);
+    let full = rows.len() == request.batch_size as usize;
+    let advanced_to = if full {
+        rows.get::<i64>(rows.len() - 1, 1).expect("position is not NULL")
+    } else {
+        horizon
+    };
+    write_checkpoint(request, advanced_to);
+    (0..rows.len())
+        .map(|r| EventRow(rows.transfer(r, 2).expect("an event row is not NULL")))
+        .collect()
+}
+
+/// The statement for a request's shape. Built only from fixed fragments: no user string is
+/// ever part of SQL text. Parameters: $1 checkpoint, $2 horizon, $3 batch size, $4 instance,
+/// $5 aggregate types, $6 event types.
+fn batch_query(request: &Request) -> String {
+    let mut conditions = String::from("e.position > $1 AND e.position <= $2");
+    if request.instance_id.is_some() {
+        conditions.push_str(" AND e.instance_id = $4");
+    }
+    if request.event_types.is_some() {
+        conditions.push_str(" AND e.event_type = ANY ($6)");
+    }
+    if request.aggregate_types.is_some() {
+        // One index range per aggregate type, merged by position: served by the
+        // (instance_id, aggregate_type, position) and (aggregate_type, position) indexes.
+        format!(
+            "SELECT x.position, x.e FROM unnest($5::text[]) AS t(aggregate_type) \
+             CROSS JOIN LATERAL (SELECT e.position, e FROM eventstore.events e \
+             WHERE e.aggregate_type = t.aggregate_type AND {conditions} \
+             ORDER BY e.position LIMIT $3) x ORDER BY x.position LIMIT $3"
+        )
+    } else {
+        format!(
+            "SELECT e.position, e FROM eventstore.events e WHERE {conditions} \
+             ORDER BY e.position LIMIT $3"
+        )
+    }
+}
+
+const CHECKPOINT_OF_INSTANCE: &str =
+    "SELECT checkpoint FROM eventstore.projection_states WHERE projection = $1 AND instance_id = $2";
+const CHECKPOINT_OF_GLOBAL: &str =
+    "SELECT checkpoint FROM eventstore.projection_states WHERE projection = $1 AND instance_id IS NULL";
+
+/// The checkpoint, read after the projection lock was granted, so that it includes the commit
+/// of the worker we may have waited for (trap 4).
+fn read_checkpoint(request: &Request) -> i64 {
+    let sql = if request.instance_id.is_some() { CHECKPOINT_OF_INSTANCE } else { CHECKPOINT_OF_GLOBAL };
+    let rows = query::run(sql, &[Arg::new(request.projection), Arg::new(request.instance_id)], Snapshot::Latest);
+    if rows.len() == 0 { 0 } else { rows.get::<i64>(0, 1).unwrap_or(0) }
+}
+
+const ADVANCE_CHECKPOINT: &str = "\
+INSERT INTO eventstore.projection_states AS s (projection, instance_id, checkpoint, updated_at)
+VALUES ($1, $2, $3, clock_timestamp())
+ON CONFLICT ON CONSTRAINT projection_states_key
+DO UPDATE SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at";
+
+/// Moves the checkpoint in the caller's transaction (G5): commit and the batch is done,
+/// roll back and it comes again.
+fn write_checkpoint(request: &Request, checkpoint: i64) {
+    query::run(ADVANCE_CHECKPOINT,
+        &[Arg::new(request.projection), Arg::new(request.instance_id), Arg::new(checkpoint)],
+        Snapshot::Statement);
+}
+
+fn check_batch_size(batch_size: Option<i32>) -> i32 {
+    match batch_size {
+        Some(n) if (1..=MAX_CATCHUP_BATCH).contains(&n) => n,
+        other => errors::raise(errors::INVALID_VALUE, "batch_size is out of range".into(),
+            format!("batch_size is {}; it must be between 1 and {MAX_CATCHUP_BATCH}.",
+                other.map_or("NULL".to_string(), |n| n.to_string())), ""),
+    }
+}
+
+/// NULL means every type; otherwise a non-empty list of identifiers, without repeats.
+fn type_filter(field: &str, types: Option<Vec<Option<String>>>) -> Option<Vec<String>> {
+    let types = types?;
+    if types.is_empty() {
+        errors::raise(errors::INVALID_VALUE, format!("{field} must not be empty"),
+            format!("{field} is an empty array, which would match no event."),
+            "Pass NULL for every type.");
+    }
+    let mut checked: Vec<String> = types.into_iter()
+        .map(|t| require_identifier(field, t.as_deref()).to_string())
+        .collect();
+    checked.sort();
+    checked.dedup();
+    Some(checked)
+}

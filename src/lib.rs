@@ -1,0 +1,31 @@
+//! eventstore: event sourcing inside PostgreSQL.
+//!
+//! Wiring only. The schema users see is `sql/eventstore.sql`; each module below starts with
+//! the guarantees (DESIGN.md G1–G10) it keeps.
+
+use pgrx::prelude::*;
+
+mod catchup;
+mod errors;
+mod locks;
+mod push;
+mod query;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/eventstore.sql", name = "schema", bootstrap);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,193 @@
+//! The only module that knows lock keys. Every lock is a transaction-scoped advisory lock in
+//! the two-int4 key space of `pg_advisory_xact_lock(int, int)`, so it ends with the
+//! transaction whatever happens (safe behind a transaction-pooling PgBouncer), and each family
+//! has its own class id as the first key, so families never collide with each other or with an
+//! application's own advisory locks that avoid these ids (DESIGN.md trap 7).
+//!
+//! | family      | class id   | second key                                               | mode      |
+//! |-------------|------------|----------------------------------------------------------|-----------|
+//! | all writers | 1163067393 | 0                                                        | shared    |
+//! | writer      | 1163067394 | hashtext(instance_id)                                    | shared    |
+//! | projection  | 1163067395 | hashtext(coalesce(instance_id, '') ‖ '/' ‖ projection)   | exclusive |
+//! | aggregate   | 1163067396 | hashtext(instance_id ‖ '/' ‖ aggregate_type ‖ '/' ‖ id) | exclusive |
+//!
+//! Writers share; the barrier takes the writer key exclusively for an instant, which waits for
+//! every writer in flight (G4). Keys are taken in sorted order within a call (trap 11).
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::errors;
+
+/// Shared by every push, whatever its instance: the key a global barrier waits on.
+pub const ALL_WRITERS_CLASS: i32 = 0x4553_0001;
+/// Shared by every push to one instance: the key a per-instance barrier waits on.
+pub const WRITER_CLASS: i32 = 0x4553_0002;
+/// Exclusive: one transaction at a time runs a projection (G6).
+pub const PROJECTION_CLASS: i32 = 0x4553_0003;
+/// Exclusive: one transaction at a time appends to an aggregate (G2).
+pub const AGGREGATE_CLASS: i32 = 0x4553_0004;
+
+/// An advisory lock key: (class id, hash).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub struct LockKey {
+    pub class: i32,
+    pub hash: i32,
+}
+
+impl LockKey {
+    fn tag(self) -> pg_sys::LOCKTAG {
+        // SET_LOCKTAG_INT32: the tag pg_advisory_xact_lock(int4, int4) builds.
+        pg_sys::LOCKTAG {
+            locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+            locktag_field2: self.class as u32,
+            locktag_field3: self.hash as u32,
+            locktag_field4: 2,
+            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+        }
+    }
+}
+
+/// PostgreSQL's `hashtext` (under the default collation), so every key can be computed in SQL
+/// as well.
+fn hashtext(text: &str) -> i32 {
+    #[repr(C)]
+    struct OneArgCall {
+        base: pg_sys::FunctionCallInfoBaseData,
+        arg: pg_sys::NullableDatum,
+    }
+    let datum = text.into_datum().expect("text is not NULL");
+    unsafe {
+        let mut call: OneArgCall = std::mem::zeroed();
+        call.base.nargs = 1;
+        call.base.fncollation = pg_sys::DEFAULT_COLLATION_OID;
+        call.arg = pg_sys::NullableDatum { value: datum, isnull: false };
+        pg_sys::hashtext(&mut call.base).value() as i32
+    }
+}
+
+pub fn all_writers_key() -> LockKey {
+    LockKey { class: ALL_WRITERS_CLASS, hash: 0 }
+}
+
+pub fn writer_key(instance_id: &str) -> LockKey {
+    LockKey { class: WRITER_CLASS, hash: hashtext(instance_id) }
+}
+
+pub fn projection_key(projection: &str, instance_id: Option<&str>) -> LockKey {
+    let name = format!("{}/{}", instance_id.unwrap_or(""), projection);
+    LockKey { class: PROJECTION_CLASS, hash: hashtext(&name) }
+}
+
+pub fn aggregate_key(instance_id: &str, aggregate_type: &str, aggregate_id: &str) -> LockKey {
+    let name = format!("{instance_id}/{aggregate_type}/{aggregate_id}");
+    LockKey { class: AGGREGATE_CLASS, hash: hashtext(&name) }
+}
+
+const SHARED: pg_sys::LOCKMODE = pg_sys::ShareLock as pg_sys::LOCKMODE;
+const EXCLUSIVE: pg_sys::LOCKMODE = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
+
+/// Waits for `key` in `mode` until the transaction ends.
+fn acquire(key: LockKey, mode: pg_sys::LOCKMODE) {
+    let tag = key.tag();
+    unsafe { pg_sys::LockAcquire(&tag, mode, false, false) };
+}
+
+/// Takes `key` in `mode` until the transaction ends, if no other transaction holds it.
+fn try_acquire(key: LockKey, mode: pg_sys::LOCKMODE) -> bool {
+    let tag = key.tag();
+    let result = unsafe { pg_sys::LockAcquire(&tag, mode, false, true) };
+    result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+}
+
+fn held_by_me(key: LockKey, mode: pg_sys::LOCKMODE) -> bool {
+    let tag = key.tag();
+    unsafe { pg_sys::LockHeldByMe(&tag, mode) }
+}
+
+/// The writer locks for a push touching `instance_ids`: the all-writers key, then each
+/// instance's key in key order. Shared: writers never wait for each other.
+pub fn lock_writers<'a>(instance_ids: impl IntoIterator<Item = &'a str>) {
+    let mut keys: Vec<LockKey> = instance_ids.into_iter().map(writer_key).collect();
+    keys.sort();
+    keys.dedup();
+    acquire(all_writers_key(), SHARED);
+    for key in keys {
+        acquire(key, SHARED);
+    }
+}
+
+/// Exclusive aggregate locks, in key order so that two batches never deadlock (trap 11).
+pub fn lock_aggregates(mut keys: Vec<LockKey>) {
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        acquire(key, EXCLUSIVE);
+    }
+}
+
+/// The projection lock (G6): taken until the transaction ends. Re-entrant within a
+/// transaction, so a nested catch-up of the same projection cannot wait on itself (trap 8).
+pub fn lock_projection_key(projection: &str, instance_id: Option<&str>, wait: bool) -> bool {
+    let key = projection_key(projection, instance_id);
+    if wait {
+        acquire(key, EXCLUSIVE);
+        true
+    } else {
+        try_acquire(key, EXCLUSIVE)
+    }
+}
+
+/// The barrier (G4): waits until no writer of `instance_id` (of any instance when `None`) is
+/// in flight, runs `read_horizon` while none can start, and lets writers go again at once.
+///
+/// The exclusive lock is transaction-scoped and released by hand right after the read, so an
+/// error at any point (a cancel during the wait included) can never leave it behind (trap 2).
+pub fn barrier<R>(instance_id: Option<&str>, read_horizon: impl FnOnce() -> R) -> R {
+    let key = match instance_id {
+        Some(instance_id) => writer_key(instance_id),
+        None => all_writers_key(),
+    };
+    if held_by_me(key, SHARED) {
+        errors::raise(
+            errors::WRONG_STATE,
+            "cannot wait for writers in a transaction that is itself writing events".into(),
+            format!(
+                "This transaction holds the writer lock of {}; waiting for the other writers \
+                 could deadlock with them.",
+                instance_id.map_or("every instance".to_string(), |i| format!("instance \"{i}\""))
+            ),
+            "Commit the push first, then catch up in a transaction of its own.",
+        );
+    }
+    acquire(key, EXCLUSIVE);
+    let horizon = read_horizon();
+    let tag = key.tag();
+    unsafe { pg_sys::LockRelease(&tag, EXCLUSIVE, false) };
+    horizon
+}
+
+/// `eventstore.lock_writer(instance_id)`: the shared writer lock push takes, for applications
+/// that write related rows and want the same protection from catch-up (G4).
+#[pg_extern(sql = false)]
+fn lock_writer(instance_id: Option<&str>) {
+    let instance_id = crate::push::require_identifier("instance_id", instance_id);
+    lock_writers([instance_id]);
+}
+
+/// `eventstore.lock_projection(projection, instance_id, wait)`: the exclusive projection lock
+/// (G6); busy and `wait = false` returns false, not an error (trap 10).
+#[pg_extern(sql = false)]
+fn lock_projection(projection: Option<&str>, instance_id: Option<&str>, wait: Option<bool>) -> bool {
+    let projection = crate::push::require_identifier("projection", projection);
+    let instance_id = instance_id.map(|i| crate::push::require_identifier("instance_id", Some(i)));
+    lock_projection_key(projection, instance_id, wait.unwrap_or(false))
+}
+
+/// `eventstore.await_writers(instance_id)`: the barrier; returns the safe horizon (G4).
+#[pg_extern(sql = false)]
+fn await_writers(instance_id: Option<&str>) -> i64 {
+    let instance_id = instance_id.map(|i| crate::push::require_identifier("instance_id", Some(i)));
+    crate::query::with_spi(|| barrier(instance_id, crate::push::last_position))
+}

@@ -1,0 +1,144 @@
+//! Statements prepared once per backend and run under the snapshot the caller names.
+//!
+//! Guarantee (DESIGN.md trap 4): a read that follows a lock wait runs under [`Snapshot::Latest`],
+//! taken after the wait and after a command-counter step, so it sees every commit of the
+//! transaction it waited for and every earlier write of its own transaction. pgrx's `Spi` picks
+//! read-only mode by itself, which reuses the statement's snapshot; this module does not.
+//!
+//! Plans are kept with `SPI_keepplan`, keyed by their SQL text, so each statement is parsed and
+//! planned once per backend; the plan cache revalidates them after DDL.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CString;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+/// Which snapshot a statement runs under.
+#[derive(Clone, Copy)]
+pub enum Snapshot {
+    /// Taken now: every committed transaction and every earlier write of our own. For reads
+    /// that follow a lock wait, under any isolation level.
+    Latest,
+    /// What a plain statement would get: a fresh one in READ COMMITTED, the transaction's in
+    /// REPEATABLE READ (so a concurrent update is refused there). For writes.
+    Statement,
+}
+
+/// A statement's argument: its type and its value (`None` is SQL NULL).
+pub struct Arg {
+    pub type_oid: pg_sys::Oid,
+    pub value: Option<pg_sys::Datum>,
+}
+
+impl Arg {
+    pub fn new<T: IntoDatum>(value: T) -> Self {
+        Arg { type_oid: T::type_oid(), value: value.into_datum() }
+    }
+
+    pub fn raw(type_oid: pg_sys::Oid, value: Option<pg_sys::Datum>) -> Self {
+        Arg { type_oid, value }
+    }
+}
+
+/// The rows one statement returned, valid until the SPI connection closes.
+pub struct Rows {
+    table: *mut pg_sys::SPITupleTable,
+    count: usize,
+}
+
+impl Rows {
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Column `column` (from 1) of row `row` (from 0), converted to a Rust value.
+    pub fn get<T: FromDatum>(&self, row: usize, column: i32) -> Option<T> {
+        let (datum, is_null) = self.datum(row, column);
+        unsafe { T::from_datum(datum, is_null) }
+    }
+
+    /// Column `column` of row `row` copied into the memory context that was current when the
+    /// SPI connection opened, so that it outlives the connection.
+    pub fn transfer(&self, row: usize, column: i32) -> Option<pg_sys::Datum> {
+        let (datum, is_null) = self.datum(row, column);
+        if is_null {
+            return None;
+        }
+        unsafe {
+            let type_oid = pg_sys::SPI_gettypeid((*self.table).tupdesc, column);
+            let mut len = 0i16;
+            let mut by_val = false;
+            pg_sys::get_typlenbyval(type_oid, &mut len, &mut by_val);
+            Some(pg_sys::SPI_datumTransfer(datum, by_val, len.into()))
+        }
+    }
+
+    fn datum(&self, row: usize, column: i32) -> (pg_sys::Datum, bool) {
+        assert!(row < self.count, "row {row} of {}", self.count);
+        let mut is_null = false;
+        let datum = unsafe {
+            let tuple = *(*self.table).vals.add(row);
+            pg_sys::SPI_getbinval(tuple, (*self.table).tupdesc, column, &mut is_null)
+        };
+        (datum, is_null)
+    }
+}
+
+thread_local! {
+    static PLANS: RefCell<HashMap<String, pg_sys::SPIPlanPtr>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `f` inside an SPI connection; values read with [`Rows::get`] must be copied out
+/// before it returns.
+pub fn with_spi<R>(f: impl FnOnce() -> R) -> R {
+    Spi::connect(|_client| f())
+}
+
+/// Runs `sql` (planned once per backend) under `snapshot`. Must be called inside [`with_spi`].
+pub fn run(sql: &str, args: &[Arg], snapshot: Snapshot) -> Rows {
+    let plan = plan_for(sql, args);
+    let mut values: Vec<pg_sys::Datum> =
+        args.iter().map(|a| a.value.unwrap_or(pg_sys::Datum::from(0usize))).collect();
+    let nulls: Vec<std::ffi::c_char> =
+        args.iter().map(|a| if a.value.is_some() { b' ' } else { b'n' } as std::ffi::c_char).collect();
+    let status = unsafe {
+        match snapshot {
+            Snapshot::Latest => {
+                pg_sys::CommandCounterIncrement();
+                pg_sys::SPI_execute_snapshot(
+                    plan,
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    pg_sys::GetLatestSnapshot(),
+                    std::ptr::null_mut(),
+                    false,
+                    true,
+                    0,
+                )
+            }
+            Snapshot::Statement => {
+                pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0)
+            }
+        }
+    };
+    assert!(status >= 0, "SPI failed with status {status} for: {sql}");
+    unsafe { Rows { table: pg_sys::SPI_tuptable, count: pg_sys::SPI_processed as usize } }
+}
+
+fn plan_for(sql: &str, args: &[Arg]) -> pg_sys::SPIPlanPtr {
+    if let Some(plan) = PLANS.with(|plans| plans.borrow().get(sql).copied()) {
+        return plan;
+    }
+    let text = CString::new(sql).expect("statement text has no NUL byte");
+    let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.type_oid).collect();
+    let plan = unsafe {
+        let plan = pg_sys::SPI_prepare(text.as_ptr(), types.len() as i32, types.as_mut_ptr());
+        assert!(!plan.is_null(), "could not prepare: {sql}");
+        pg_sys::SPI_keepplan(plan);
+        plan
+    };
+    PLANS.with(|plans| plans.borrow_mut().insert(sql.to_owned(), plan));
+    plan
+}
