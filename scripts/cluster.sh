@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # Scratch PostgreSQL clusters for eventstore: sourced by setup, test, stress and bench.
 # A cluster is initdb'd as the postgres OS user under /var/tmp/eventstore/<name> (a place the
 # postgres user can reach), listens only on 127.0.0.1 and its own port (never 5432), and has

@@ -200,7 +200,7 @@ SELECT s.projection,
        s.instance_id,
        s.checkpoint,
        head.position                                 AS head,
-       head.position - s.checkpoint                  AS position_behind,
+       greatest(head.position - s.checkpoint, 0)     AS position_behind,
        (SELECT count(*)
           FROM eventstore.events e
          WHERE e.position > s.checkpoint
