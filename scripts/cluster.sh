@@ -31,7 +31,9 @@ cluster_start() {
         echo "log_min_messages = warning"
         for line in "$@"; do echo "$line"; done
     } >> "$dir/postgresql.conf"
-    as_postgres "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
+    # The server must not inherit RUST_BACKTRACE: pgrx would put backtraces into error details.
+    as_postgres env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE \
+        "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
     as_postgres "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
         -c "CREATE DATABASE eventstore" >/dev/null
     as_postgres "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d eventstore \

@@ -2,7 +2,8 @@
 //!
 //! One call, inside the caller's transaction:
 //! 1. the projection lock (G6) — busy and `wait = false`: zero rows at once (trap 10);
-//! 2. the barrier (G4) — the horizon, at or below which every write has finished;
+//! 2. the barrier (G4) — the horizon, at or below which every write has finished (refused in
+//!    a transaction that is itself writing, which could deadlock);
 //! 3. the checkpoint and the batch, read under snapshots taken after both waits (trap 4);
 //! 4. the checkpoint advanced in the caller's transaction (G5): to the last event handed out
 //!    when the batch is full, else to the horizon, past events the filters skipped.
@@ -60,6 +61,7 @@ fn projection_catchup(
         aggregate_types: type_filter("aggregate_types", aggregate_types),
         event_types: type_filter("event_types", event_types),
     };
+    locks::refuse_while_writing();
     if !locks::lock_projection_key(request.projection, request.instance_id, wait.unwrap_or(false)) {
         return SetOfIterator::empty();
     }
@@ -164,9 +166,16 @@ fn type_filter(field: &str, types: Option<Vec<Option<String>>>) -> Option<Vec<St
             format!("{field} is an empty array, which would match no event."),
             "Pass NULL for every type.");
     }
-    let mut checked: Vec<String> = types.into_iter()
-        .map(|t| require_identifier(field, t.as_deref()).to_string())
-        .collect();
+    let mut checked = Vec::with_capacity(types.len());
+    for t in types {
+        match t {
+            Some(t) if !t.is_empty() => checked.push(t),
+            _ => errors::raise(errors::INVALID_VALUE,
+                format!("{field} must not contain NULL or an empty string"),
+                format!("{field} has an element that is {}.", if t.is_none() { "NULL" } else { "empty" }),
+                "Pass NULL instead of the array for every type."),
+        }
+    }
     checked.sort();
     checked.dedup();
     Some(checked)

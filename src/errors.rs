@@ -11,7 +11,9 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 pub const NULL_VALUE: PgSqlErrorCode = PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED;
 /// 22023: a value is out of range or malformed (empty identifier, non-object payload, ...).
 pub const INVALID_VALUE: PgSqlErrorCode = PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE;
-/// 54000: a batch, identifier or payload over the documented limits.
+/// 22001: an identifier longer than the documented limit.
+pub const TOO_LONG: PgSqlErrorCode = PgSqlErrorCode::ERRCODE_STRING_DATA_RIGHT_TRUNCATION;
+/// 54000: a batch or payload over the documented limits.
 pub const TOO_LARGE: PgSqlErrorCode = PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED;
 /// 40001: an aggregate is not at the sequence the command expected. Retrying the whole
 /// transaction (reload the aggregate, decide again) is the right response, as for any

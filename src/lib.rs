@@ -15,10 +15,6 @@ mod query;
 
 extension_sql_file!("../sql/eventstore.sql", name = "schema", bootstrap);
 
-#[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
-mod tests;
-
 /// Required by `cargo pgrx test`.
 #[cfg(test)]
 pub mod pg_test {

@@ -11,8 +11,10 @@
 //! | projection  | 1163067395 | hashtext(coalesce(instance_id, '') ‖ '/' ‖ projection)   | exclusive |
 //! | aggregate   | 1163067396 | hashtext(instance_id ‖ '/' ‖ aggregate_type ‖ '/' ‖ id) | exclusive |
 //!
-//! Writers share; the barrier takes the writer key exclusively for an instant, which waits for
-//! every writer in flight (G4). Keys are taken in sorted order within a call (trap 11).
+//! Writers share their keys. The barrier never takes a writer key: it reads the horizon, then
+//! waits for the transactions holding the key at that moment (as CREATE INDEX CONCURRENTLY
+//! waits for old snapshots), so a new writer never queues behind a waiting barrier (trap 3).
+//! Keys are taken in sorted order within a call (trap 11).
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -139,32 +141,38 @@ pub fn lock_projection_key(projection: &str, instance_id: Option<&str>, wait: bo
     }
 }
 
-/// The barrier (G4): waits until no writer of `instance_id` (of any instance when `None`) is
-/// in flight, runs `read_horizon` while none can start, and lets writers go again at once.
+/// Refuses to wait for writers in a transaction that is itself writing (it holds the
+/// all-writers key, which every push and lock_writer take): a writer waiting on one of our
+/// aggregate locks while we wait for it would be a deadlock. Call before any lock is taken.
+pub fn refuse_while_writing() {
+    if held_by_me(all_writers_key(), SHARED) {
+        errors::raise(
+            errors::WRONG_STATE,
+            "cannot wait for writers in a transaction that is itself writing events".into(),
+            "This transaction holds the writer lock (it called push or lock_writer); waiting for \
+             the other writers could deadlock with them."
+                .into(),
+            "Commit the writing transaction first; catch up or wait for writers in a transaction \
+             of its own.",
+        );
+    }
+}
+
+/// The barrier (G4): returns a horizon such that every position at or below it belongs to a
+/// finished transaction, for `instance_id` (for every instance when `None`).
 ///
-/// The exclusive lock is transaction-scoped and released by hand right after the read, so an
-/// error at any point (a cancel during the wait included) can never leave it behind (trap 2).
+/// Positions are drawn only by transactions holding the writer key, so every position at or
+/// below the horizon read first belongs to a transaction that has finished or still holds the
+/// key; we then wait for exactly those holders. No lock request is queued, so writers that
+/// start meanwhile never wait for us (trap 3), and nothing can be left behind by an error
+/// (trap 2). Call [`refuse_while_writing`] first.
 pub fn barrier<R>(instance_id: Option<&str>, read_horizon: impl FnOnce() -> R) -> R {
     let key = match instance_id {
         Some(instance_id) => writer_key(instance_id),
         None => all_writers_key(),
     };
-    if held_by_me(key, SHARED) {
-        errors::raise(
-            errors::WRONG_STATE,
-            "cannot wait for writers in a transaction that is itself writing events".into(),
-            format!(
-                "This transaction holds the writer lock of {}; waiting for the other writers \
-                 could deadlock with them.",
-                instance_id.map_or("every instance".to_string(), |i| format!("instance \"{i}\""))
-            ),
-            "Commit the push first, then catch up in a transaction of its own.",
-        );
-    }
-    acquire(key, EXCLUSIVE);
     let horizon = read_horizon();
-    let tag = key.tag();
-    unsafe { pg_sys::LockRelease(&tag, EXCLUSIVE, false) };
+    unsafe { pg_sys::WaitForLockers(key.tag(), EXCLUSIVE, false) };
     horizon
 }
 
@@ -189,5 +197,48 @@ fn lock_projection(projection: Option<&str>, instance_id: Option<&str>, wait: Op
 #[pg_extern(sql = false)]
 fn await_writers(instance_id: Option<&str>) -> i64 {
     let instance_id = instance_id.map(|i| crate::push::require_identifier("instance_id", Some(i)));
+    refuse_while_writing();
     crate::query::with_spi(|| barrier(instance_id, crate::push::last_position))
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    fn sql_key(expression: &str) -> i32 {
+        Spi::get_one::<i32>(&format!("SELECT {expression}")).unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn lock_keys_are_the_documented_sql_expressions() {
+        assert_eq!(writer_key("acme").hash, sql_key("hashtext('acme')"));
+        assert_eq!(projection_key("totals", Some("acme")).hash, sql_key("hashtext('acme/totals')"));
+        assert_eq!(projection_key("totals", None).hash, sql_key("hashtext('/totals')"));
+        assert_eq!(aggregate_key("acme", "user", "u1").hash, sql_key("hashtext('acme/user/u1')"));
+    }
+
+    #[pg_test]
+    fn lock_families_have_distinct_class_ids() {
+        let mut classes = [ALL_WRITERS_CLASS, WRITER_CLASS, PROJECTION_CLASS, AGGREGATE_CLASS];
+        classes.sort();
+        assert!(classes.windows(2).all(|w| w[0] != w[1]));
+        assert_eq!(ALL_WRITERS_CLASS, 1163067393);
+    }
+
+    #[pg_test]
+    fn lock_writer_is_visible_as_a_shared_advisory_lock_until_the_transaction_ends() {
+        Spi::run("SELECT eventstore.lock_writer('acme')").unwrap();
+        let held = Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+               AND mode = 'ShareLock' AND classid::bigint = {WRITER_CLASS} AND objid::bigint = (hashtext('acme')::bigint + 4294967296) % 4294967296"
+        ));
+        assert_eq!(held, Ok(Some(1)));
+    }
+
+    #[pg_test]
+    fn a_free_projection_lock_is_taken_and_is_reentrant() {
+        assert!(lock_projection_key("p", Some("acme"), false));
+        assert!(lock_projection_key("p", Some("acme"), false), "the holder may take it again");
+    }
 }

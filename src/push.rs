@@ -317,9 +317,11 @@ impl Refusal {
         errors::raise(self.code, self.message, self.detail, self.hint)
     }
 
-    /// Names the command in the detail: "command 3: ...".
+    /// Names the command in the detail: "Command 3 of the batch: the payload ...".
     fn at(mut self, n: usize) -> Self {
-        self.detail = format!("Command {} of the batch: {}", n + 1, self.detail);
+        let mut detail = self.detail.chars();
+        let first = detail.next().map(|c| c.to_lowercase().to_string()).unwrap_or_default();
+        self.detail = format!("Command {} of the batch: {first}{}", n + 1, detail.as_str());
         self
     }
 }
@@ -330,14 +332,14 @@ fn check_identifier<'a>(field: &str, value: &'a str) -> Result<&'a str, Refusal>
             format!("{field} is an empty string."), ""));
     }
     if value.len() > MAX_IDENTIFIER_BYTES {
-        return Err(Refusal::new(PgSqlErrorCode::ERRCODE_STRING_DATA_RIGHT_TRUNCATION,
+        return Err(Refusal::new(errors::TOO_LONG,
             format!("{field} is too long"),
             format!("{field} has {} bytes; the limit is {MAX_IDENTIFIER_BYTES}.", value.len()), ""));
     }
-    if value.chars().any(char::is_control) {
+    if let Some((at, c)) = value.chars().enumerate().find(|(_, c)| c.is_control()) {
         return Err(Refusal::new(errors::INVALID_VALUE,
             format!("{field} must not contain control characters"),
-            format!("{field} is {:?}.", truncate(value, 64)), ""));
+            format!("{field} has the control character U+{:04X} at character {}.", c as u32, at + 1), ""));
     }
     Ok(value)
 }
@@ -496,7 +498,8 @@ unsafe fn raw_from_composite(datum: pg_sys::Datum) -> RawCommand {
     }
 }
 
-/// Reads and checks a JSON array of command objects.
+/// Reads and checks a JSON array of command objects. serde_json keeps numbers as written
+/// (feature arbitrary_precision), so a payload's numbers are stored exactly.
 fn commands_from_json(commands: serde_json::Value) -> Vec<Command> {
     let serde_json::Value::Array(items) = commands else {
         errors::raise(errors::INVALID_VALUE, "commands must be a JSON array".into(),
@@ -519,6 +522,11 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
+/// 3 and 3.0 are the same integer (some encoders write every number as a float).
+fn integral(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() <= (1u64 << 53) as f64).map(|f| f as i64))
+}
+
 fn raw_from_json(item: serde_json::Value) -> Result<RawCommand, Refusal> {
     let serde_json::Value::Object(fields) = item else {
         return Err(Refusal::new(errors::INVALID_VALUE, "a command must be a JSON object".into(),
@@ -534,7 +542,7 @@ fn raw_from_json(item: serde_json::Value) -> Result<RawCommand, Refusal> {
     };
     let integer = |field: &str, value: serde_json::Value| match value {
         serde_json::Value::Null => Ok(None),
-        serde_json::Value::Number(n) if n.as_i64().is_some() => Ok(n.as_i64()),
+        serde_json::Value::Number(n) if integral(&n).is_some() => Ok(integral(&n)),
         other => Err(wrong_type(field, "an integer", &other)),
     };
     let mut raw = RawCommand::default();
@@ -558,4 +566,59 @@ fn raw_from_json(item: serde_json::Value) -> Result<RawCommand, Refusal> {
         }
     }
     Ok(raw)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    #[pg_test]
+    fn identifiers_are_checked_for_emptiness_length_and_control_characters() {
+        assert!(check_identifier("instance_id", "acme").is_ok());
+        assert!(check_identifier("instance_id", &"x".repeat(MAX_IDENTIFIER_BYTES)).is_ok());
+        let refused = |value: &str| check_identifier("instance_id", value).err().map(|r| (r.code, r.message));
+        assert_eq!(refused(""), Some((errors::INVALID_VALUE, "instance_id must not be empty".into())));
+        assert_eq!(refused(&"x".repeat(MAX_IDENTIFIER_BYTES + 1)),
+            Some((errors::TOO_LONG, "instance_id is too long".into())));
+        assert_eq!(refused("a\u{7f}b").map(|r| r.0), Some(errors::INVALID_VALUE));
+    }
+
+    #[pg_test]
+    fn a_payload_must_be_an_object() {
+        let payload = |json: &str| JsonB(serde_json::from_str(json).unwrap()).into_datum().unwrap();
+        assert!(check_payload(payload(r#"{"a": 1}"#)).is_ok());
+        assert!(check_payload(payload("[1]")).is_err());
+        assert!(check_payload(payload("\"text\"")).is_err());
+        assert!(check_payload(payload("null")).is_err());
+    }
+
+    #[pg_test]
+    fn json_numbers_pass_through_exactly() {
+        let position = Spi::get_one::<i64>(
+            r#"SELECT position FROM eventstore.push('[{"instance_id": "t", "aggregate_type": "a",
+                 "aggregate_id": "1", "event_type": "e", "payload": {"n": 12345678901234567890.50}}]'::jsonb)"#,
+        ).unwrap().unwrap();
+        let payload = Spi::get_one::<String>(
+            &format!("SELECT payload::text FROM eventstore.events WHERE position = {position}"));
+        assert_eq!(payload, Ok(Some(r#"{"n": 12345678901234567890.50}"#.to_string())));
+    }
+
+    #[pg_test]
+    fn json_integers_may_be_written_as_floats() {
+        assert_eq!(integral(&serde_json::from_str("3.0").unwrap()), Some(3));
+        assert_eq!(integral(&serde_json::from_str("3").unwrap()), Some(3));
+        assert_eq!(integral(&serde_json::from_str("3.5").unwrap()), None);
+    }
+
+    #[pg_test]
+    fn positions_are_drawn_in_command_order() {
+        let increasing = Spi::get_one::<bool>(
+            "SELECT bool_and(position > prev) FROM (
+               SELECT position, lag(position, 1, 0::bigint) OVER (ORDER BY in_tx_order) AS prev
+                 FROM eventstore.push(ARRAY(SELECT eventstore.command('t', 'a', (i % 3)::text, 'e')
+                                              FROM generate_series(1, 50) i))) p",
+        );
+        assert_eq!(increasing, Ok(Some(true)));
+    }
 }

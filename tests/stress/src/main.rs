@@ -1,1 +1,217 @@
-fn main() { println!("stress: not written yet"); }
+//! eventstore-stress: the stress harness with its race detector (run it with scripts/stress).
+//!
+//! Writers push under load (load.rs), workers catch projections up and apply every batch in
+//! the same transaction (workers.rs), a killer terminates their backends and, with --restarts,
+//! the cluster crashes and comes back (faults.rs). Every client reconnects on its own. When
+//! the time is up the load stops, every projection is drained to the head, and the detector
+//! (detector.rs) holds the result against eventstore.events.
+//!
+//! --unsafe replaces projection_catchup with a naive catch-up of the harness's own (no lock, no
+//! barrier): the detector must then report violations, which proves that it bites.
+//!
+//! The last line is `stress: events=… … violations=N`; the exit status is 1 when N > 0, 2 when
+//! the harness itself could not run.
+
+mod db;
+mod detector;
+mod faults;
+mod load;
+mod rng;
+mod trace;
+mod workers;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::thread::ScopedJoinHandle;
+use std::time::{Duration, Instant};
+
+use db::Tally;
+use detector::{Findings, Observed};
+use load::{Outcome, Push};
+use trace::{Clock, FaultLog};
+use workers::WorkerReport;
+
+const USAGE: &str = "usage: eventstore-stress [--seconds N] [--unsafe] [--restarts] [--port P] \
+[--data-dir DIR] [--pg-bin DIR] [--writers N] [--workers N] [--seed N]";
+
+pub struct Options {
+    pub seconds: u64,
+    /// Workers use the naive catch-up instead of projection_catchup.
+    pub unsafe_mode: bool,
+    /// Crash (immediate shutdown) and restart the cluster during the load.
+    pub restarts: bool,
+    pub port: u16,
+    /// The cluster's data directory, for pg_ctl.
+    pub data_dir: PathBuf,
+    pub pg_bin: PathBuf,
+    pub writers: usize,
+    pub workers: usize,
+    pub seed: u64,
+}
+
+impl Options {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+        let mut options = Options {
+            seconds: 20,
+            unsafe_mode: false,
+            restarts: false,
+            port: std::env::var("EVENTSTORE_STRESS_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5483),
+            data_dir: PathBuf::from("/var/tmp/eventstore/stress"),
+            pg_bin: PathBuf::from("/usr/lib/postgresql/15/bin"),
+            writers: 6,
+            workers: 6,
+            seed: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64),
+        };
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
+            let number = |v: String| v.parse::<u64>().map_err(|_| format!("{arg}: not a number: {v}"));
+            match arg.as_str() {
+                "--seconds" => options.seconds = number(value()?)?,
+                "--unsafe" => options.unsafe_mode = true,
+                "--restarts" => options.restarts = true,
+                "--port" => options.port = number(value()?)? as u16,
+                "--data-dir" => options.data_dir = PathBuf::from(value()?),
+                "--pg-bin" => options.pg_bin = PathBuf::from(value()?),
+                "--writers" => options.writers = number(value()?)? as usize,
+                "--workers" => options.workers = number(value()?)? as usize,
+                "--seed" => options.seed = number(value()?)?,
+                _ => return Err(format!("unknown argument: {arg}")),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// What every thread of a run shares.
+pub struct Run {
+    pub options: Options,
+    pub clock: Clock,
+    pub faults: FaultLog,
+    stop: AtomicBool,
+    /// Batch numbers, unique over the run.
+    pub next_batch: AtomicI64,
+}
+
+impl Run {
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+fn main() {
+    let options = Options::parse(std::env::args().skip(1)).unwrap_or_else(|e| {
+        eprintln!("stress: {e}\n{USAGE}");
+        std::process::exit(2);
+    });
+    let run = Run { options, clock: Clock::default(), faults: FaultLog::default(),
+                    stop: AtomicBool::new(false), next_batch: AtomicI64::new(1) };
+    match stress(&run) {
+        Ok(violations) => std::process::exit(if violations > 0 { 1 } else { 0 }),
+        Err(e) => {
+            eprintln!("stress: failed: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Everything the load threads brought back.
+#[derive(Default)]
+struct Loaded {
+    pushes: Vec<Push>,
+    workers: WorkerReport,
+    tally: Tally,
+    kills: u64,
+    restarts: u64,
+}
+
+/// Load, drain, detect; returns the number of violations.
+fn stress(run: &Run) -> Result<u64, String> {
+    let o = &run.options;
+    println!("stress: seed={} mode={} seconds={} writers={} workers={} restarts={} port={}",
+        o.seed, if o.unsafe_mode { "unsafe" } else { "safe" }, o.seconds, o.writers, o.workers,
+        o.restarts, o.port);
+    let started = Instant::now();
+    let mut setup = db::connect(o.port, "stress-setup", 0)?;
+    workers::create_tables(&mut setup.client).map_err(|e| format!("creating the tables: {e}"))?;
+    drop(setup);
+
+    let mut loaded = load(run)?;
+    let drained = workers::drain(run)?;
+    loaded.workers.add(drained);
+    let worker_tally = std::mem::take(&mut loaded.workers.tally);
+    loaded.tally.add(worker_tally);
+    print_load(&loaded);
+
+    let mut session = db::connect(o.port, "stress-detector", 0)?;
+    let observed = Observed {
+        pushes: &loaded.pushes,
+        committed_batches: &loaded.workers.committed,
+        intervals: &loaded.workers.intervals,
+    };
+    let mut findings = detector::detect(&mut session.client, &observed).map_err(|e| format!("detector: {e}"))?;
+    findings.dropped = loaded.tally.dropped;
+    findings.errors = loaded.tally.bugs.len() as u64;
+    for bug in loaded.tally.bugs.iter().take(10) {
+        println!("stress: VIOLATION unexpected error: {bug}");
+    }
+    print_findings(run, &loaded, &findings, started.elapsed());
+    Ok(findings.violations())
+}
+
+/// Runs writers, workers and faults for the given seconds, then stops them and joins them.
+fn load(run: &Run) -> Result<Loaded, String> {
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..run.options.writers)
+            .map(|id| scope.spawn(move || load::writer(run, id))).collect();
+        let workers: Vec<_> = (0..run.options.workers)
+            .map(|id| scope.spawn(move || workers::worker(run, id))).collect();
+        let killer = scope.spawn(|| faults::killer(run));
+        let restarter = run.options.restarts.then(|| scope.spawn(|| faults::restarter(run)));
+        std::thread::sleep(Duration::from_secs(run.options.seconds));
+        run.stop.store(true, Ordering::SeqCst);
+
+        let mut loaded = Loaded::default();
+        for writer in writers {
+            let report = joined(writer)?;
+            loaded.pushes.extend(report.pushes);
+            loaded.tally.add(report.tally);
+        }
+        for worker in workers {
+            loaded.workers.add(joined(worker)?);
+        }
+        let (kills, killer_tally) = joined(killer)?;
+        loaded.kills = kills;
+        loaded.tally.add(killer_tally);
+        if let Some(restarter) = restarter {
+            loaded.restarts = joined(restarter)?;
+        }
+        Ok(loaded)
+    })
+}
+
+fn joined<T>(handle: ScopedJoinHandle<'_, Result<T, String>>) -> Result<T, String> {
+    handle.join().map_err(|_| "a thread panicked".to_string())?
+}
+
+fn print_load(loaded: &Loaded) {
+    let pushes = |outcome| loaded.pushes.iter().filter(|p| p.outcome == outcome).count();
+    let mut latencies: Vec<Duration> = loaded.pushes.iter().map(|p| p.latency).collect();
+    latencies.sort();
+    let quantile = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q) as usize)
+        .map_or(0, |d| d.as_millis());
+    println!("stress: pushes committed={} never_committed={} unknown={} (push ms p50={} p99={} max={}); \
+              batches committed={} rolled_back={}; connections lost to faults={}; serialization_retries={}",
+        pushes(Outcome::Committed), pushes(Outcome::NeverCommitted), pushes(Outcome::Unknown),
+        quantile(0.5), quantile(0.99), quantile(1.0),
+        loaded.workers.committed.len(), loaded.workers.rolled_back, loaded.tally.faults, loaded.tally.retries);
+}
+
+fn print_findings(run: &Run, loaded: &Loaded, f: &Findings, took: Duration) {
+    println!("stress: took {:.1}s; also gaps={} aggregate_order={} phantom={} partial={} stray={} dropped={} errors={}",
+        took.as_secs_f64(), f.gaps, f.aggregate_order, f.phantom, f.partial, f.stray, f.dropped, f.errors);
+    println!("stress: events={} writers={} workers={} kills={} restarts={} skipped={} dup={} order={} \
+              overlap={} lost={} violations={}",
+        f.events, run.options.writers, run.options.workers, loaded.kills, loaded.restarts,
+        f.skipped, f.dup, f.order, f.overlap, f.lost, f.violations());
+}

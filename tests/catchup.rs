@@ -1,0 +1,181 @@
+//! eventstore.projection_catchup over real connections: G4 (never past an in-flight write),
+//! G5 (commit = done, rollback = again), G6 (one worker at a time), G7 (position order), G10.
+
+mod common;
+
+use std::thread;
+
+use common::{connect, db_error, pid, push_one, tenant, wait_until_blocked};
+use postgres::Client;
+
+/// One catch-up in its own transaction; returns the positions handed out.
+fn catch_up(client: &mut Client, projection: &str, instance: Option<&str>, commit: bool) -> Vec<i64> {
+    let mut tx = client.transaction().unwrap();
+    let positions = tx
+        .query("SELECT position FROM eventstore.projection_catchup($1, $2, 10000)", &[&projection, &instance])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if commit { tx.commit().unwrap() } else { tx.rollback().unwrap() }
+    positions
+}
+
+#[test]
+fn catchup_waits_for_an_in_flight_writer_and_never_skips_its_event() {
+    let t = tenant("inflight");
+    let mut slow = connect();
+    let mut fast = connect();
+    let mut observer = connect();
+
+    let mut slow_tx = slow.transaction().unwrap();
+    let (_, early) = push_one(&mut slow_tx, &t, "a", "drawn-first");
+    let (_, late) = push_one(&mut fast, &t, "b", "committed-first");
+    assert!(early < late);
+
+    let mut worker = connect();
+    let worker_pid = pid(&mut worker);
+    let t2 = t.clone();
+    let handle = thread::spawn(move || catch_up(&mut worker, "inflight", Some(&t2), true));
+    wait_until_blocked(&mut observer, worker_pid);
+    slow_tx.commit().unwrap();
+    assert_eq!(handle.join().unwrap(), vec![early, late], "the early event is handed out before the late one");
+}
+
+#[test]
+fn a_rolled_back_in_flight_writer_leaves_no_hole_behind() {
+    let t = tenant("inflight-rollback");
+    let mut slow = connect();
+    let mut fast = connect();
+    let mut observer = connect();
+    let mut slow_tx = slow.transaction().unwrap();
+    push_one(&mut slow_tx, &t, "a", "never");
+    let (_, late) = push_one(&mut fast, &t, "b", "kept");
+
+    let mut worker = connect();
+    let worker_pid = pid(&mut worker);
+    let t2 = t.clone();
+    let handle = thread::spawn(move || catch_up(&mut worker, "p", Some(&t2), true));
+    wait_until_blocked(&mut observer, worker_pid);
+    slow_tx.rollback().unwrap();
+    assert_eq!(handle.join().unwrap(), vec![late]);
+}
+
+#[test]
+fn a_busy_projection_returns_zero_rows_at_once() {
+    let t = tenant("busy");
+    let mut a = connect();
+    let mut b = connect();
+    push_one(&mut a, &t, "x", "e");
+    let mut holder = a.transaction().unwrap();
+    let first = holder.query("SELECT position FROM eventstore.projection_catchup('busy', $1)", &[&t]).unwrap();
+    assert_eq!(first.len(), 1);
+    let started = std::time::Instant::now();
+    let second = b.query("SELECT position FROM eventstore.projection_catchup('busy', $1)", &[&t]).unwrap();
+    assert!(second.is_empty(), "the second worker backs off");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "and does not wait");
+    let free: bool = b.query_one("SELECT eventstore.lock_projection('busy', $1)", &[&t]).unwrap().get(0);
+    assert!(!free);
+    holder.commit().unwrap();
+}
+
+#[test]
+fn a_waiting_worker_gets_the_next_batch_after_the_holder_commits() {
+    let t = tenant("wait");
+    let mut a = connect();
+    let mut observer = connect();
+    let (_, p1) = push_one(&mut a, &t, "x", "e1");
+    let mut holder = a.transaction().unwrap();
+    let first: Vec<i64> = holder
+        .query("SELECT position FROM eventstore.projection_catchup('w', $1)", &[&t]).unwrap()
+        .iter().map(|r| r.get(0)).collect();
+    assert_eq!(first, vec![p1]);
+
+    let mut pusher = connect();
+    let (_, p2) = push_one(&mut pusher, &t, "x", "e2");
+    let mut waiter = connect();
+    let waiter_pid = pid(&mut waiter);
+    let t2 = t.clone();
+    let handle = thread::spawn(move || -> Vec<i64> {
+        waiter.query("SELECT position FROM eventstore.projection_catchup('w', $1, wait => true)", &[&t2]).unwrap()
+            .iter().map(|r| r.get(0)).collect()
+    });
+    wait_until_blocked(&mut observer, waiter_pid);
+    holder.commit().unwrap();
+    assert_eq!(handle.join().unwrap(), vec![p2], "the next batch, not the same one (G5)");
+}
+
+#[test]
+fn rollback_redelivers_the_same_batch_and_commit_moves_on() {
+    let t = tenant("redeliver");
+    let mut c = connect();
+    let pushed: Vec<i64> = (0..3).map(|i| push_one(&mut c, &t, "x", &format!("e{i}")).1).collect();
+    assert_eq!(catch_up(&mut c, "r", Some(&t), false), pushed);
+    assert_eq!(catch_up(&mut c, "r", Some(&t), false), pushed);
+    assert_eq!(catch_up(&mut c, "r", Some(&t), true), pushed);
+    assert_eq!(catch_up(&mut c, "r", Some(&t), true), Vec::<i64>::new());
+}
+
+#[test]
+fn a_global_projection_waits_for_writers_of_every_instance() {
+    let (t1, t2) = (tenant("global-a"), tenant("global-b"));
+    // A new global projection starts at position 0: bring it to the head first.
+    let projection = tenant("global-projection");
+    let mut drainer = connect();
+    while !catch_up(&mut drainer, &projection, None, true).is_empty() {}
+    let mut w1 = connect();
+    let mut w2 = connect();
+    let mut observer = connect();
+    let mut tx1 = w1.transaction().unwrap();
+    let mut tx2 = w2.transaction().unwrap();
+    let (_, p1) = push_one(&mut tx1, &t1, "x", "e");
+    let (_, p2) = push_one(&mut tx2, &t2, "x", "e");
+
+    let mut worker = connect();
+    let worker_pid = pid(&mut worker);
+    let handle = thread::spawn(move || catch_up(&mut worker, &projection, None, true));
+    wait_until_blocked(&mut observer, worker_pid);
+    tx1.commit().unwrap();
+    tx2.commit().unwrap();
+    let got = handle.join().unwrap();
+    assert!(got.contains(&p1) && got.contains(&p2), "both instances' events: {got:?}");
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in position order");
+}
+
+#[test]
+fn catchup_in_a_transaction_that_pushed_is_refused_rather_than_deadlocking() {
+    let t = tenant("self");
+    let mut c = connect();
+    let mut tx = c.transaction().unwrap();
+    push_one(&mut tx, &t, "x", "e");
+    let error = tx.query("SELECT * FROM eventstore.projection_catchup('self', $1)", &[&t]).unwrap_err();
+    assert_eq!(db_error(&error).0, "55000");
+}
+
+#[test]
+fn repeatable_read_catchup_sees_events_committed_after_its_snapshot() {
+    let t = tenant("rr");
+    let mut c = connect();
+    let mut other = connect();
+    let mut tx = c.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
+    tx.query_one("SELECT 1", &[]).unwrap(); // the transaction's snapshot is taken here
+    let (_, p) = push_one(&mut other, &t, "x", "after-snapshot");
+    let got: Vec<i64> = tx.query("SELECT position FROM eventstore.projection_catchup('rr', $1)", &[&t]).unwrap()
+        .iter().map(|r| r.get(0)).collect();
+    assert_eq!(got, vec![p]);
+    tx.commit().unwrap();
+}
+
+#[test]
+fn repeatable_read_catchup_is_refused_when_another_worker_moved_on_after_its_snapshot() {
+    let t = tenant("rr-stale");
+    let mut c = connect();
+    let mut other = connect();
+    push_one(&mut other, &t, "x", "e1");
+    let mut tx = c.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
+    tx.query_one("SELECT 1", &[]).unwrap();
+    catch_up(&mut other, "rr-stale", Some(&t), true); // moves the checkpoint after tx's snapshot
+    push_one(&mut other, &t, "x", "e2");
+    let error = tx.query("SELECT position FROM eventstore.projection_catchup('rr-stale', $1)", &[&t]).unwrap_err();
+    assert_eq!(db_error(&error).0, "40001", "refused, not a stale batch");
+}

@@ -1,0 +1,206 @@
+//! eventstore.push over real connections: G1 (atomic), G2 (gapless sequences, serialized
+//! concurrent pushes, expected_sequence), G3 (unique increasing positions), G9 (bad input).
+
+mod common;
+
+use std::collections::HashMap;
+use std::thread;
+
+use common::{connect, db_error, pid, push_one, tenant, wait_until_blocked};
+
+fn count_events(client: &mut postgres::Client, tenant: &str) -> i64 {
+    client.query_one("SELECT count(*) FROM eventstore.events WHERE instance_id = $1", &[&tenant]).unwrap().get(0)
+}
+
+#[test]
+fn batch_push_returns_one_row_per_event_in_order() {
+    let mut c = connect();
+    let t = tenant("batch");
+    let rows = c.query(
+        "SELECT aggregate_id, sequence, position, in_tx_order FROM eventstore.push(ARRAY[
+            eventstore.command($1, 'order', 'o1', 'order.placed'),
+            eventstore.command($1, 'order', 'o2', 'order.placed'),
+            eventstore.command($1, 'order', 'o1', 'order.paid')])",
+        &[&t],
+    ).unwrap();
+    let got: Vec<(String, i64, i32)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(3))).collect();
+    assert_eq!(got, vec![("o1".into(), 1, 0), ("o2".into(), 1, 1), ("o1".into(), 2, 2)]);
+    let positions: Vec<i64> = rows.iter().map(|r| r.get(2)).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions increase in command order: {positions:?}");
+}
+
+#[test]
+fn sequence_continues_across_calls() {
+    let mut c = connect();
+    let t = tenant("continue");
+    assert_eq!(push_one(&mut c, &t, "a", "e").0, 1);
+    assert_eq!(push_one(&mut c, &t, "a", "e").0, 2);
+    assert_eq!(push_one(&mut c, &t, "b", "e").0, 1);
+    assert_eq!(push_one(&mut c, &t, "a", "e").0, 3);
+}
+
+#[test]
+fn a_bad_command_in_a_batch_writes_nothing() {
+    let mut c = connect();
+    let t = tenant("atomic");
+    let error = c.query(
+        "SELECT * FROM eventstore.push(ARRAY[
+            eventstore.command($1, 'order', 'o1', 'order.placed'),
+            eventstore.command($1, 'order', '',   'order.placed')])",
+        &[&t],
+    ).unwrap_err();
+    let (code, message, detail) = db_error(&error);
+    assert_eq!(code, "22023");
+    assert_eq!(message, "aggregate_id must not be empty");
+    assert!(detail.starts_with("Command 2 of the batch"), "{detail}");
+    assert_eq!(count_events(&mut c, &t), 0);
+}
+
+#[test]
+fn expected_sequence_is_accepted_when_it_matches_and_refused_otherwise() {
+    let mut c = connect();
+    let t = tenant("expected");
+    let push = "SELECT sequence FROM eventstore.push(ARRAY[eventstore.command($1, 'order', 'o1', 'e', expected_sequence => $2)])";
+    let first: i64 = c.query_one(push, &[&t, &0i64]).unwrap().get(0);
+    assert_eq!(first, 1);
+    let second: i64 = c.query_one(push, &[&t, &1i64]).unwrap().get(0);
+    assert_eq!(second, 2);
+    let (code, _, detail) = db_error(&c.query_one(push, &[&t, &1i64]).unwrap_err());
+    assert_eq!(code, "40001");
+    assert_eq!(detail, "Command 1 expected sequence 1, the aggregate is at 2.");
+    assert_eq!(count_events(&mut c, &t), 2);
+}
+
+#[test]
+fn concurrent_push_to_one_aggregate_serializes() {
+    let t = tenant("serialize");
+    let mut first = connect();
+    let mut observer = connect();
+    let mut tx = first.transaction().unwrap();
+    assert_eq!(push_one(&mut tx, &t, "hot", "e").0, 1);
+
+    let mut second = connect();
+    let second_pid = pid(&mut second);
+    let t2 = t.clone();
+    let waiter = thread::spawn(move || push_one(&mut second, &t2, "hot", "e"));
+    wait_until_blocked(&mut observer, second_pid);
+    tx.commit().unwrap();
+    let (sequence, _) = waiter.join().expect("the second push succeeds, with no unique violation");
+    assert_eq!(sequence, 2);
+}
+
+#[test]
+fn a_rolled_back_push_leaves_its_sequence_to_the_next_writer() {
+    let t = tenant("rollback");
+    let mut first = connect();
+    let mut observer = connect();
+    let mut tx = first.transaction().unwrap();
+    push_one(&mut tx, &t, "hot", "e");
+
+    let mut second = connect();
+    let second_pid = pid(&mut second);
+    let t2 = t.clone();
+    let waiter = thread::spawn(move || push_one(&mut second, &t2, "hot", "e"));
+    wait_until_blocked(&mut observer, second_pid);
+    tx.rollback().unwrap();
+    assert_eq!(waiter.join().unwrap().0, 1);
+}
+
+#[test]
+fn many_writers_get_gapless_sequences_and_unique_increasing_positions() {
+    let t = tenant("many");
+    let writers: Vec<_> = (0..8).map(|w| {
+        let t = t.clone();
+        thread::spawn(move || {
+            let mut c = connect();
+            for i in 0..40 {
+                let aggregate = format!("hot-{}", (w + i) % 3);
+                let mut tx = c.transaction().unwrap();
+                tx.query(
+                    "SELECT * FROM eventstore.push(ARRAY[eventstore.command($1, 'thing', $2, 'a'),
+                                                         eventstore.command($1, 'thing', $2, 'b')])",
+                    &[&t, &aggregate],
+                ).unwrap();
+                if i % 7 == 3 { tx.rollback().unwrap() } else { tx.commit().unwrap() }
+            }
+        })
+    }).collect();
+    for w in writers {
+        w.join().expect("no writer failed: no deadlock, no unique violation");
+    }
+    let mut c = connect();
+    let rows = c.query(
+        "SELECT aggregate_id, sequence, position FROM eventstore.events WHERE instance_id = $1 ORDER BY position",
+        &[&t],
+    ).unwrap();
+    let mut sequences: HashMap<String, Vec<i64>> = HashMap::new();
+    for r in &rows {
+        sequences.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    for (aggregate, seqs) in &sequences {
+        let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+        assert_eq!(seqs, &expected, "aggregate {aggregate}: in position order, sequences are exactly 1..n");
+    }
+    let committed_per_writer = (0..40).filter(|i| i % 7 != 3).count();
+    assert_eq!(rows.len(), 8 * committed_per_writer * 2, "every committed event is there");
+}
+
+#[test]
+fn jsonb_and_composite_forms_write_the_same_events() {
+    let mut c = connect();
+    let (a, b) = (tenant("composite"), tenant("json"));
+    c.query(
+        "SELECT * FROM eventstore.push(ARRAY[
+            eventstore.command($1, 'user', 'u1', 'user.added', '{\"name\": \"Ada\"}', 2, 'alice', 'org-1'),
+            eventstore.command($1, 'user', 'u1', 'user.renamed', expected_sequence => 1)])",
+        &[&a],
+    ).unwrap();
+    let json = format!(r#"[{{"instance_id": "{b}", "aggregate_type": "user", "aggregate_id": "u1",
+        "event_type": "user.added", "payload": {{"name": "Ada"}}, "revision": 2, "creator": "alice", "owner": "org-1"}},
+        {{"instance_id": "{b}", "aggregate_type": "user", "aggregate_id": "u1", "event_type": "user.renamed",
+        "expected_sequence": 1}}]"#);
+    c.query("SELECT * FROM eventstore.push($1::text)", &[&json]).unwrap();
+    let read = |c: &mut postgres::Client, t: &str| -> Vec<String> {
+        c.query(
+            "SELECT concat_ws('|', aggregate_type, aggregate_id, sequence, event_type, revision, payload, creator, owner, in_tx_order)
+               FROM eventstore.events WHERE instance_id = $1 ORDER BY position",
+            &[&t],
+        ).unwrap().iter().map(|r| r.get(0)).collect()
+    };
+    let composite = read(&mut c, &a);
+    assert_eq!(composite.len(), 2);
+    assert_eq!(composite, read(&mut c, &b));
+    // creator defaults to current_user, owner to the aggregate's owner.
+    assert_eq!(composite[1], "user|u1|2|user.renamed|1|postgres|org-1|1");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_writes_nothing() {
+    let mut c = connect();
+    let cases: &[(&str, &str, &str)] = &[
+        ("SELECT * FROM eventstore.push(NULL::eventstore.command[])", "22004", "commands must not be NULL"),
+        ("SELECT * FROM eventstore.push(ARRAY[]::eventstore.command[])", "22023", "push needs at least one command"),
+        ("SELECT * FROM eventstore.push(ARRAY[NULL::eventstore.command])", "22004", "a command must not be NULL"),
+        ("SELECT * FROM eventstore.push(ARRAY[eventstore.command(NULL, 'a', 'b', 'c')])", "22004", "instance_id must not be NULL"),
+        ("SELECT * FROM eventstore.push(ARRAY[eventstore.command('', 'a', 'b', 'c')])", "22023", "instance_id must not be empty"),
+        ("SELECT * FROM eventstore.push(ARRAY[eventstore.command('t', NULL, 'b', 'c')])", "22004", "aggregate_type must not be NULL"),
+        ("SELECT * FROM eventstore.push(ARRAY[eventstore.command('t', 'a', NULL, 'c')])", "22004", "aggregate_id must not be NULL"),
+        ("SELECT * FROM eventstore.push(ARRAY[eventstore.command('t', 'a', 'b', '')])", "22023", "event_type must not be empty"),
+        ("SELECT * FROM eventstore.push(ARRAY[eventstore.command('t', 'a', 'b', 'c', '[1, 2]')])", "22023", "payload must be a JSON object"),
+        ("SELECT * FROM eventstore.push(ARRAY[eventstore.command('t', 'a', 'b', 'c', '42')])", "22023", "payload must be a JSON object"),
+        ("SELECT * FROM eventstore.push('{\"instance_id\": \"t\"}'::jsonb)", "22023", "commands must be a JSON array"),
+        ("SELECT * FROM eventstore.push('[]'::jsonb)", "22023", "push needs at least one command"),
+        ("SELECT * FROM eventstore.push('[42]'::jsonb)", "22023", "a command must be a JSON object"),
+        ("SELECT * FROM eventstore.push('[{\"instance_id\": \"t\", \"aggregate_type\": \"a\", \"aggregate_id\": \"b\"}]'::jsonb)", "22004", "event_type must not be NULL"),
+        ("SELECT * FROM eventstore.push('[{\"instance_id\": \"t\", \"aggregate_type\": \"a\", \"aggregate_id\": \"b\", \"event_type\": \"c\", \"expectedSequence\": 3}]'::jsonb)", "22023", "unknown field \"expectedSequence\""),
+        ("SELECT * FROM eventstore.push('[{\"instance_id\": 7, \"aggregate_type\": \"a\", \"aggregate_id\": \"b\", \"event_type\": \"c\"}]'::jsonb)", "22023", "instance_id must be a string"),
+        ("SELECT * FROM eventstore.push('[{\"instance_id\": \"t\", \"aggregate_type\": \"a\", \"aggregate_id\": \"b\", \"event_type\": \"c\", \"payload\": [1]}]'::jsonb)", "22023", "payload must be a JSON object"),
+    ];
+    for (sql, code, message) in cases {
+        let error = c.query(*sql, &[]).expect_err(sql);
+        let (got_code, got_message, detail) = db_error(&error);
+        assert_eq!((got_code.as_str(), got_message.as_str()), (*code, *message), "{sql}");
+        assert!(!detail.is_empty(), "a detail for: {sql}");
+    }
+    assert_eq!(count_events(&mut c, "t"), 0, "no bad input wrote anything");
+}

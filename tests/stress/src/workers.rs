@@ -1,0 +1,319 @@
+//! Workers: projections caught up under load. Each worker picks a projection at random and, in
+//! one transaction, fetches a batch, applies it to `stress_applied` (the ground truth of what
+//! was applied and committed) and records the batch in `stress_batches` with a commit-order
+//! number, then commits — or, about one time in ten, rolls back (G5: the batch must come
+//! again). Some transactions run under REPEATABLE READ (G10), some apply slowly.
+//!
+//! Two ways to fetch a batch:
+//! - safe: `eventstore.projection_catchup` (lock, barrier, checkpoint in the transaction);
+//! - naive (--unsafe): a plain SELECT past a checkpoint table of our own, with no lock and no
+//!   barrier — the catch-up the extension exists to replace, which the detector must catch.
+//!
+//! Each batch that returned rows leaves an interval in the trace (see trace.rs).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use postgres::types::ToSql;
+use postgres::Client;
+
+use crate::db::{Ended, Link, Tally};
+use crate::load::aggregate_name;
+use crate::rng::Rng;
+use crate::trace::Interval;
+use crate::Run;
+
+/// A projection and the scope of events it reads.
+pub struct Target {
+    pub projection: &'static str,
+    /// None: a global projection over every instance.
+    pub instance_id: Option<&'static str>,
+    pub aggregate_types: Option<&'static [&'static str]>,
+    pub event_types: Option<&'static [&'static str]>,
+}
+
+/// How `stress_applied` names the instance of a global projection.
+const GLOBAL_KEY: &str = "*";
+
+impl Target {
+    /// How `stress_applied` names the instance.
+    pub fn instance_key(&self) -> &'static str {
+        self.instance_id.unwrap_or(GLOBAL_KEY)
+    }
+
+    /// Parameters $1–$5 of `in_scope!`: projection, instance key, instance_id, aggregate
+    /// types, event types.
+    pub fn scope_params(&self) -> [&(dyn ToSql + Sync); 5] {
+        let key: &(dyn ToSql + Sync) = match &self.instance_id { Some(i) => i, None => &GLOBAL_KEY };
+        [&self.projection, key, &self.instance_id, &self.aggregate_types, &self.event_types]
+    }
+
+    pub fn name(&self) -> String {
+        format!("{}@{}", self.projection, self.instance_key())
+    }
+}
+
+const fn per_instance(projection: &'static str, instance_id: &'static str,
+                      aggregate_types: Option<&'static [&'static str]>) -> Target {
+    Target { projection, instance_id: Some(instance_id), aggregate_types, event_types: None }
+}
+
+/// Global, per-instance and filtered projections.
+pub const TARGETS: [Target; 10] = [
+    Target { projection: "all", instance_id: None, aggregate_types: None, event_types: None },
+    Target { projection: "users", instance_id: None, aggregate_types: Some(&["user"]), event_types: None },
+    Target { projection: "additions", instance_id: None, aggregate_types: None, event_types: Some(&["added"]) },
+    per_instance("tenant", "system", None),
+    per_instance("tenant", "t1", None),
+    per_instance("tenant", "t2", None),
+    per_instance("tenant", "t3", None),
+    per_instance("grants", "t1", Some(&["grant", "org"])),
+    per_instance("grants", "t2", Some(&["grant", "org"])),
+    per_instance("grants", "system", Some(&["grant", "org"])),
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Safe,
+    Naive,
+}
+
+/// How a worker paces its transactions: under load, or draining alone at the end.
+struct Pace {
+    batch_sizes: &'static [i32],
+    rollback_percent: u64,
+    repeatable_read_percent: u64,
+    slow_percent: u64,
+    /// Safe mode: wait for the projection lock instead of taking zero rows when it is busy.
+    wait: bool,
+}
+
+const LOAD: Pace = Pace {
+    batch_sizes: &[3, 10, 50], rollback_percent: 10, repeatable_read_percent: 15, slow_percent: 10, wait: false,
+};
+const DRAIN: Pace = Pace {
+    batch_sizes: &[1000], rollback_percent: 0, repeatable_read_percent: 0, slow_percent: 0, wait: true,
+};
+/// The worker number of the drain in the trace and in stress_batches.
+const DRAIN_WORKER: usize = 999;
+const SLOW_APPLY_MS: (u64, u64) = (1, 30);
+const IDLE_MS: (u64, u64) = (2, 15);
+/// A drain that has not reached the head after this many batches is a failure of its own.
+const MAX_DRAIN_BATCHES: usize = 100_000;
+
+const SAFE_FETCH: &str = "\
+SELECT position, instance_id, aggregate_type, aggregate_id, sequence
+  FROM eventstore.projection_catchup($1, $2, $3, $4, $5, $6)";
+
+/// Whether event `e` is in a target's scope. Parameters: $1 projection, $2 instance key,
+/// $3 instance_id, $4 aggregate types, $5 event types.
+macro_rules! in_scope {
+    () => {
+        "($3::text IS NULL OR e.instance_id = $3) \
+         AND ($4::text[] IS NULL OR e.aggregate_type = ANY ($4)) \
+         AND ($5::text[] IS NULL OR e.event_type = ANY ($5))"
+    };
+}
+pub(crate) use in_scope;
+
+/// The naive catch-up: everything past our own checkpoint, no lock, no barrier.
+const NAIVE_FETCH: &str = concat!("\
+SELECT e.position, e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence
+  FROM eventstore.events e
+ WHERE e.position > coalesce((SELECT checkpoint FROM stress_naive_checkpoints
+                               WHERE projection = $1 AND instance_key = $2), 0)
+   AND ", in_scope!(), "
+ ORDER BY e.position
+ LIMIT $6");
+
+const NAIVE_ADVANCE: &str = "\
+INSERT INTO stress_naive_checkpoints (projection, instance_key, checkpoint) VALUES ($1, $2, $3)
+ON CONFLICT (projection, instance_key) DO UPDATE SET checkpoint = excluded.checkpoint";
+
+/// The projection: every event applied, and the batch with the next commit-order number.
+/// With the projection held, numbers are drawn in commit order.
+const APPLY: &str = "\
+WITH batch AS (
+    INSERT INTO stress_batches (batch, projection, instance_key, worker, low, high, events, commit_order)
+    VALUES ($1, $2, $3, $4, $5, $6, cardinality($7::bigint[]), nextval('stress_commit_order')))
+INSERT INTO stress_applied (projection, instance_key, batch, ord, position, aggregate, sequence)
+SELECT $2, $3, $1, u.ord, u.position, u.aggregate, u.sequence
+  FROM unnest($7::bigint[], $8::text[], $9::bigint[]) WITH ORDINALITY AS u(position, aggregate, sequence, ord)";
+
+/// The harness's own tables: the projection (`stress_applied`, one row per event applied,
+/// and `stress_batches`, one row per batch with its commit-order number) and the naive
+/// catch-up's checkpoints. Recreated for every run, with the extension's checkpoints.
+const CREATE_TABLES: &str = "\
+DROP TABLE IF EXISTS stress_applied, stress_batches, stress_naive_checkpoints;
+DROP SEQUENCE IF EXISTS stress_commit_order;
+TRUNCATE eventstore.projection_states;
+CREATE TABLE stress_applied (
+    projection text NOT NULL, instance_key text NOT NULL, batch bigint NOT NULL, ord bigint NOT NULL,
+    position bigint NOT NULL, aggregate text NOT NULL, sequence bigint NOT NULL);
+CREATE TABLE stress_batches (
+    batch bigint PRIMARY KEY, projection text NOT NULL, instance_key text NOT NULL, worker int NOT NULL,
+    low bigint NOT NULL, high bigint NOT NULL, events int NOT NULL, commit_order bigint NOT NULL);
+CREATE SEQUENCE stress_commit_order;
+CREATE TABLE stress_naive_checkpoints (
+    projection text, instance_key text, checkpoint bigint NOT NULL, PRIMARY KEY (projection, instance_key));";
+
+pub fn create_tables(client: &mut Client) -> Result<(), postgres::Error> {
+    client.batch_execute(CREATE_TABLES)
+}
+
+/// A batch as fetched, in the order it came.
+#[derive(Default)]
+struct Fetched {
+    positions: Vec<i64>,
+    aggregates: Vec<String>,
+    sequences: Vec<i64>,
+}
+
+#[derive(Default)]
+pub struct WorkerReport {
+    pub intervals: Vec<Interval>,
+    /// Batches whose COMMIT the client saw succeed.
+    pub committed: Vec<i64>,
+    pub rolled_back: u64,
+    pub tally: Tally,
+}
+
+impl WorkerReport {
+    pub fn add(&mut self, other: WorkerReport) {
+        self.intervals.extend(other.intervals);
+        self.committed.extend(other.committed);
+        self.rolled_back += other.rolled_back;
+        self.tally.add(other.tally);
+    }
+}
+
+struct Worker<'r> {
+    run: &'r Run,
+    id: usize,
+    mode: Mode,
+    link: Link<'r>,
+    rng: Rng,
+    report: WorkerReport,
+}
+
+pub fn worker(run: &Run, id: usize) -> Result<WorkerReport, String> {
+    let mut worker = Worker::new(run, id, &format!("stress-worker-{id}"));
+    while !run.stopping() {
+        let target = worker.rng.between(0, TARGETS.len() as u64 - 1) as usize;
+        if worker.transaction(target, &LOAD)? == 0 {
+            let idle = worker.rng.between(IDLE_MS.0, IDLE_MS.1);
+            std::thread::sleep(Duration::from_millis(idle));
+        }
+    }
+    Ok(worker.finish())
+}
+
+/// Catches every projection up to the head, one after the other, once the load has stopped.
+pub fn drain(run: &Run) -> Result<WorkerReport, String> {
+    let mut worker = Worker::new(run, DRAIN_WORKER, "stress-drain");
+    for (index, target) in TARGETS.iter().enumerate() {
+        let mut batches = 0;
+        while worker.transaction(index, &DRAIN)? > 0 {
+            batches += 1;
+            if batches > MAX_DRAIN_BATCHES {
+                return Err(format!("drain of {} never reached the head", target.name()));
+            }
+        }
+    }
+    Ok(worker.finish())
+}
+
+impl<'r> Worker<'r> {
+    fn new(run: &'r Run, id: usize, name: &str) -> Self {
+        let mode = if run.options.unsafe_mode { Mode::Naive } else { Mode::Safe };
+        let rng = Rng::for_thread(run.options.seed, 200 + id as u64);
+        Worker { run, id, mode, link: Link::new(run, name.to_string()), rng, report: WorkerReport::default() }
+    }
+
+    fn finish(self) -> WorkerReport {
+        WorkerReport { tally: self.link.tally, ..self.report }
+    }
+
+    /// One transaction on `target`; returns how many events it fetched (0 when the projection
+    /// was busy or up to date, or the transaction failed before fetching).
+    fn transaction(&mut self, target: usize, pace: &Pace) -> Result<usize, String> {
+        let batch_size = *self.rng.pick(pace.batch_sizes);
+        let begin = if self.rng.chance(pace.repeatable_read_percent) {
+            "BEGIN ISOLATION LEVEL REPEATABLE READ"
+        } else {
+            "BEGIN"
+        };
+        let slow = self.rng.chance(pace.slow_percent).then(|| self.rng.between(SLOW_APPLY_MS.0, SLOW_APPLY_MS.1));
+        let commit = !self.rng.chance(pace.rollback_percent);
+        let batch = self.run.next_batch.fetch_add(1, Ordering::Relaxed);
+        let (run, mode, wait) = (self.run, self.mode, pace.wait);
+        let client = self.link.client()?;
+
+        let mut opened: Option<u64> = None;
+        let mut fetched_count = 0;
+        let result = (|| -> Result<(), postgres::Error> {
+            client.batch_execute(begin)?;
+            let fetched = fetch(client, mode, &TARGETS[target], batch_size, wait)?;
+            fetched_count = fetched.positions.len();
+            if fetched_count == 0 {
+                return client.batch_execute("COMMIT");
+            }
+            opened = Some(run.clock.tick());
+            if let Some(ms) = slow {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            apply(client, mode, &TARGETS[target], batch, self.id, &fetched)?;
+            let close = run.clock.tick();
+            self.report.intervals.push(Interval { target, worker: self.id, open: opened.take().unwrap(), close });
+            client.batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+        })();
+
+        match result {
+            Ok(()) if fetched_count == 0 => {}
+            Ok(()) if commit => self.report.committed.push(batch),
+            Ok(()) => self.report.rolled_back += 1,
+            Err(error) => {
+                let ended = self.link.failed(&error);
+                if let Some(open) = opened {
+                    let (Ended::Lost { at } | Ended::RolledBack { at }) = ended;
+                    self.report.intervals.push(Interval { target, worker: self.id, open, close: at.max(open) });
+                }
+            }
+        }
+        Ok(fetched_count)
+    }
+}
+
+fn fetch(client: &mut Client, mode: Mode, target: &Target, batch_size: i32, wait: bool)
+    -> Result<Fetched, postgres::Error>
+{
+    let rows = match mode {
+        Mode::Safe => client.query(SAFE_FETCH, &[&target.projection, &target.instance_id,
+            &batch_size, &target.aggregate_types, &target.event_types, &wait])?,
+        Mode::Naive => {
+            let [p1, p2, p3, p4, p5] = target.scope_params();
+            client.query(NAIVE_FETCH, &[p1, p2, p3, p4, p5, &(batch_size as i64)])?
+        }
+    };
+    let mut fetched = Fetched::default();
+    for row in rows {
+        fetched.positions.push(row.get(0));
+        fetched.aggregates.push(aggregate_name(row.get(1), row.get(2), row.get(3)));
+        fetched.sequences.push(row.get(4));
+    }
+    Ok(fetched)
+}
+
+fn apply(client: &mut Client, mode: Mode, target: &Target, batch: i64, worker: usize, fetched: &Fetched)
+    -> Result<(), postgres::Error>
+{
+    let low = *fetched.positions.iter().min().expect("a batch has events");
+    let high = *fetched.positions.iter().max().expect("a batch has events");
+    client.execute(APPLY, &[&batch, &target.projection, &target.instance_key(), &(worker as i32),
+        &low, &high, &fetched.positions, &fetched.aggregates, &fetched.sequences])?;
+    if mode == Mode::Naive {
+        let last = *fetched.positions.last().unwrap();
+        client.execute(NAIVE_ADVANCE, &[&target.projection, &target.instance_key(), &last])?;
+    }
+    Ok(())
+}
