@@ -47,3 +47,18 @@ cluster_stop() {
         as_postgres "$PG_BIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
     fi
 }
+
+# private_pg_tree DIR: a private copy of the PostgreSQL 15 tree under DIR (made once), for
+# builds that must not touch the system installation (in-process tests, mutants). PostgreSQL
+# finds its share and lib directories relative to its binaries, so the copy runs on its own.
+# Prints the copy's bin directory.
+private_pg_tree() {
+    local root=$1
+    if [ ! -x "$root/usr/lib/postgresql/15/bin/postgres" ]; then
+        mkdir -p "$root/usr/lib/postgresql" "$root/usr/share/postgresql" "$root/usr/include"
+        cp -a /usr/lib/postgresql/15 "$root/usr/lib/postgresql/"
+        cp -a /usr/share/postgresql/15 "$root/usr/share/postgresql/"
+        ln -sfn /usr/include/postgresql "$root/usr/include/postgresql"
+    fi
+    echo "$root/usr/lib/postgresql/15/bin"
+}

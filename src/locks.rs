@@ -122,6 +122,9 @@ pub fn lock_writers<'a>(instance_ids: impl IntoIterator<Item = &'a str>) {
 
 /// Exclusive aggregate locks, in key order so that two batches never deadlock (trap 11).
 pub fn lock_aggregates(mut keys: Vec<LockKey>) {
+    if cfg!(feature = "mutant_no_aggregate_lock") {
+        return;
+    }
     keys.sort();
     keys.dedup();
     for key in keys {
@@ -133,6 +136,9 @@ pub fn lock_aggregates(mut keys: Vec<LockKey>) {
 /// transaction, so a nested catch-up of the same projection cannot wait on itself (trap 8).
 pub fn lock_projection_key(projection: &str, instance_id: Option<&str>, wait: bool) -> bool {
     let key = projection_key(projection, instance_id);
+    if cfg!(feature = "mutant_no_projection_lock") {
+        return true;
+    }
     if wait {
         acquire(key, EXCLUSIVE);
         true
@@ -171,8 +177,17 @@ pub fn barrier<R>(instance_id: Option<&str>, read_horizon: impl FnOnce() -> R) -
         Some(instance_id) => writer_key(instance_id),
         None => all_writers_key(),
     };
+    if cfg!(feature = "mutant_queued_barrier") {
+        // The naive barrier of trap 3: an exclusive request that new writers queue behind.
+        acquire(key, EXCLUSIVE);
+        let horizon = read_horizon();
+        unsafe { pg_sys::LockRelease(&key.tag(), EXCLUSIVE, false) };
+        return horizon;
+    }
     let horizon = read_horizon();
-    unsafe { pg_sys::WaitForLockers(key.tag(), EXCLUSIVE, false) };
+    if !cfg!(feature = "mutant_no_barrier") {
+        unsafe { pg_sys::WaitForLockers(key.tag(), EXCLUSIVE, false) };
+    }
     horizon
 }
 

@@ -105,6 +105,10 @@ pub fn run(sql: &str, args: &[Arg], snapshot: Snapshot) -> Rows {
         args.iter().map(|a| if a.value.is_some() { b' ' } else { b'n' } as std::ffi::c_char).collect();
     let status = unsafe {
         match snapshot {
+            // The mutant reads with the statement's snapshot, taken before any lock wait (trap 4).
+            Snapshot::Latest if cfg!(feature = "mutant_stale_snapshot") => {
+                pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), true, 0)
+            }
             Snapshot::Latest => {
                 pg_sys::CommandCounterIncrement();
                 pg_sys::SPI_execute_snapshot(

@@ -155,6 +155,9 @@ fn stress(run: &Run) -> Result<u64, String> {
     for bug in loaded.tally.bugs.iter().take(10) {
         println!("stress: VIOLATION unexpected error: {bug}");
     }
+    if findings.dropped > 0 {
+        print_crashes(findings.dropped, &o.data_dir.join("server.log"));
+    }
     print_findings(run, &loaded, &findings, started.elapsed());
     Ok(findings.violations())
 }
@@ -192,6 +195,20 @@ fn load(run: &Run) -> Result<Loaded, String> {
 
 fn joined<T>(handle: ScopedJoinHandle<'_, Result<T, String>>) -> Result<T, String> {
     handle.join().map_err(|_| "a thread panicked".to_string())?
+}
+
+/// A connection lost without a fault of ours is most often a crashed backend: show the
+/// server's own account of it.
+fn print_crashes(dropped: u64, server_log: &std::path::Path) {
+    println!("stress: VIOLATION {dropped} connections lost without a fault of ours");
+    let log = std::fs::read_to_string(server_log).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    for (n, line) in lines.iter().enumerate().filter(|(_, l)| l.contains("terminated by signal")) {
+        println!("stress:   server log: {line}");
+        if let Some(next) = lines.get(n + 1).filter(|l| l.contains("Failed process was running")) {
+            println!("stress:   {}", next.trim());
+        }
+    }
 }
 
 fn print_load(loaded: &Loaded) {
