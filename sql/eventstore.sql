@@ -81,10 +81,8 @@ COMMENT ON FUNCTION eventstore.command(text, text, text, text, jsonb, integer, t
     'Builds an eventstore.command. creator defaults to current_user, owner to the aggregate''s '
     'owner (or the instance for a new aggregate), revision to 1.';
 
--- push: append a batch atomically (G1), with gapless aggregate sequences (G2) and positions
--- drawn under the locks (G3).
-CREATE FUNCTION eventstore.push(commands eventstore.command[])
-RETURNS TABLE (
+-- What push returns: one row per event written.
+CREATE TYPE eventstore.pushed AS (
     instance_id    text,
     aggregate_type text,
     aggregate_id   text,
@@ -93,7 +91,13 @@ RETURNS TABLE (
     in_tx_order    integer,
     created_at     timestamptz,
     owner          text
-)
+);
+COMMENT ON TYPE eventstore.pushed IS 'One event written by eventstore.push.';
+
+-- push: append a batch atomically (G1), with gapless aggregate sequences (G2) and positions
+-- drawn under the locks (G3).
+CREATE FUNCTION eventstore.push(commands eventstore.command[])
+RETURNS SETOF eventstore.pushed
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'push_commands_wrapper';
@@ -102,16 +106,7 @@ COMMENT ON FUNCTION eventstore.push(eventstore.command[]) IS
     'positions drawn under the writer lock (G3). One row per event written.';
 
 CREATE FUNCTION eventstore.push(commands jsonb)
-RETURNS TABLE (
-    instance_id    text,
-    aggregate_type text,
-    aggregate_id   text,
-    sequence       bigint,
-    "position"     bigint,
-    in_tx_order    integer,
-    created_at     timestamptz,
-    owner          text
-)
+RETURNS SETOF eventstore.pushed
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'push_json_wrapper';
@@ -121,16 +116,7 @@ COMMENT ON FUNCTION eventstore.push(jsonb) IS
 
 -- An untyped literal or parameter ('[...]') would match both forms above; this one takes it.
 CREATE FUNCTION eventstore.push(commands text)
-RETURNS TABLE (
-    instance_id    text,
-    aggregate_type text,
-    aggregate_id   text,
-    sequence       bigint,
-    "position"     bigint,
-    in_tx_order    integer,
-    created_at     timestamptz,
-    owner          text
-)
+RETURNS SETOF eventstore.pushed
 LANGUAGE sql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT * FROM eventstore.push(commands::jsonb) $$;
