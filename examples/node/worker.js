@@ -38,21 +38,23 @@ const CATCHUP = `
 SELECT instance_id, aggregate_id, sequence, event_type, payload
   FROM eventstore.projection_catchup($1, $2, $3, aggregate_types => ARRAY['invoice'])`;
 
-// One statement per event type, parameters ($1 tenant, $2 invoice, $3 sequence, $4 amount).
-// Every statement checks that the event is the invoice's next one (version = sequence - 1), so
-// a skipped, repeated or reordered event would fail loudly.
+// One statement per event type, with its parameters. Every statement checks that the event is
+// the invoice's next one (version = sequence - 1), so a skipped, repeated or reordered event
+// would fail loudly.
 const HANDLERS = {
-  'invoice.created': `
+  'invoice.created': (e) => [`
     INSERT INTO invoices (instance_id, invoice_id, total_cents, version)
-    SELECT $1, $2, $4::bigint, $3::bigint WHERE $3::bigint = 1`,
-  'invoice.line_added': `
-    UPDATE invoices SET total_cents = total_cents + $4::bigint, lines = lines + 1,
-                        version = $3::bigint
-     WHERE instance_id = $1 AND invoice_id = $2 AND version = $3::bigint - 1`,
-  'invoice.paid': `
+    SELECT $1, $2, $3::bigint, $4::bigint WHERE $4::bigint = 1`,
+    [e.instance_id, e.aggregate_id, e.payload.amount_cents, e.sequence]],
+  'invoice.line_added': (e) => [`
+    UPDATE invoices SET total_cents = total_cents + $3::bigint, lines = lines + 1,
+                        version = $4::bigint
+     WHERE instance_id = $1 AND invoice_id = $2 AND version = $4::bigint - 1`,
+    [e.instance_id, e.aggregate_id, e.payload.amount_cents, e.sequence]],
+  'invoice.paid': (e) => [`
     UPDATE invoices SET paid = true, version = $3::bigint
-     WHERE instance_id = $1 AND invoice_id = $2 AND version = $3::bigint - 1
-       AND $4::bigint IS NOT NULL`,
+     WHERE instance_id = $1 AND invoice_id = $2 AND version = $3::bigint - 1`,
+    [e.instance_id, e.aggregate_id, e.sequence]],
 };
 
 class HandlerError extends Error {}
@@ -62,7 +64,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 class Worker {
   constructor(client, name, batchSize, failOnBatch) {
     Object.assign(this, { client, name, batchSize });
-    this.failOnBatch = failOnBatch; // simulate one handler failure in this batch (0: never)
+    this.failOnBatch = failOnBatch; // 0, or: fail once, on the last event of this batch
     this.batches = this.events = this.busy = this.rollbacks = 0;
   }
 
@@ -88,12 +90,12 @@ class Worker {
     return result;
   }
 
-  async apply({ instance_id: tenant, aggregate_id: invoice, sequence, event_type, payload }) {
-    const handler = HANDLERS[event_type];
-    if (!handler) throw new HandlerError(`${tenant}/${invoice} seq ${sequence}: unknown event type ${event_type}`);
-    const amount = (payload && payload.amount_cents) || 0;
-    const result = await this.client.query(handler, [tenant, invoice, sequence, amount]);
-    if (result.rowCount !== 1) throw new HandlerError(`${tenant}/${invoice} seq ${sequence}: not the invoice's next event`);
+  async apply(event) {
+    const where = `${event.instance_id}/${event.aggregate_id} seq ${event.sequence}`;
+    const handler = HANDLERS[event.event_type];
+    if (!handler) throw new HandlerError(`${where}: unknown event type ${event.event_type}`);
+    const result = await this.client.query(...handler(event));
+    if (result.rowCount !== 1) throw new HandlerError(`${where}: not the invoice's next event`);
   }
 
   // One transaction. Returns the number of events applied, or null when another worker holds
@@ -108,9 +110,9 @@ class Worker {
       if (!lock.rows[0].locked) return null;
       const batch = await this.client.query(CATCHUP, [PROJECTION, tenant, this.batchSize]);
       for (const [i, event] of batch.rows.entries()) {
-        if (this.batches + 1 === this.failOnBatch && i === 1) {
+        if (this.batches + 1 === this.failOnBatch && i === batch.rows.length - 1) {
           this.failOnBatch = 0;
-          throw new HandlerError('simulated failure after applying one event');
+          throw new HandlerError('simulated failure on the last event of the batch');
         }
         await this.apply(event);
       }

@@ -64,7 +64,7 @@ class HandlerError(Exception):
 class Worker:
     def __init__(self, conn, name, batch_size, fail_on_batch):
         self.conn, self.name, self.batch_size = conn, name, batch_size
-        self.fail_on_batch = fail_on_batch  # simulate one handler failure in this batch (0: never)
+        self.fail_on_batch = fail_on_batch  # 0, or: fail once, on the last event of this batch
         self.batches = self.events = self.busy = self.rollbacks = 0
 
     def create_read_model(self):
@@ -94,9 +94,9 @@ class Worker:
                 return None
             batch = self.conn.execute(CATCHUP, [PROJECTION, tenant, self.batch_size]).fetchall()
             for i, event in enumerate(batch):
-                if self.batches + 1 == self.fail_on_batch and i == 1:
+                if self.batches + 1 == self.fail_on_batch and i == len(batch) - 1:
                     self.fail_on_batch = 0
-                    raise HandlerError("simulated failure after applying one event")
+                    raise HandlerError("simulated failure on the last event of the batch")
                 self.apply(*event)
             return len(batch)
 
