@@ -15,6 +15,11 @@
 //! waits for the transactions holding the key at that moment (as CREATE INDEX CONCURRENTLY
 //! waits for old snapshots), so a new writer never queues behind a waiting barrier (trap 3).
 //! Keys are taken in sorted order within a call (trap 11).
+//!
+//! A bulk push (more than [`MAX_LOCKS_PER_PUSH`] distinct instances and aggregates) takes the
+//! all-writers key exclusively instead of one lock each: an import of 10,000 aggregates then
+//! holds one lock, not 10,000 (which would exhaust the shared lock table), at the price of
+//! running alone among writers. Barriers wait for it as well.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -108,8 +113,28 @@ fn held_by_me(key: LockKey, mode: pg_sys::LOCKMODE) -> bool {
     unsafe { pg_sys::LockHeldByMe(&tag, mode) }
 }
 
-/// The writer locks for a push touching `instance_ids`: the all-writers key, then each
-/// instance's key in key order. Shared: writers never wait for each other.
+/// Most distinct instances plus aggregates a push locks one by one; above it, a bulk push.
+pub const MAX_LOCKS_PER_PUSH: usize = 64;
+
+/// The locks of a push, before any position is drawn (G2, G3): the writer locks of its
+/// instances and the exclusive locks of its aggregates, or for a bulk push the all-writers key
+/// exclusively, which excludes every other writer.
+pub fn lock_for_push(instance_ids: &[&str], mut aggregates: Vec<LockKey>) {
+    let mut instances: Vec<&str> = instance_ids.to_vec();
+    instances.sort_unstable();
+    instances.dedup();
+    aggregates.sort();
+    aggregates.dedup();
+    if instances.len() + aggregates.len() > MAX_LOCKS_PER_PUSH {
+        acquire(all_writers_key(), EXCLUSIVE);
+        return;
+    }
+    lock_writers(instances);
+    lock_aggregates(aggregates);
+}
+
+/// The writer locks for `instance_ids`: the all-writers key, then each instance's key in key
+/// order. Shared: writers never wait for each other.
 pub fn lock_writers<'a>(instance_ids: impl IntoIterator<Item = &'a str>) {
     let mut keys: Vec<LockKey> = instance_ids.into_iter().map(writer_key).collect();
     keys.sort();
@@ -121,7 +146,7 @@ pub fn lock_writers<'a>(instance_ids: impl IntoIterator<Item = &'a str>) {
 }
 
 /// Exclusive aggregate locks, in key order so that two batches never deadlock (trap 11).
-pub fn lock_aggregates(mut keys: Vec<LockKey>) {
+fn lock_aggregates(mut keys: Vec<LockKey>) {
     if cfg!(feature = "mutant_no_aggregate_lock") {
         return;
     }
@@ -187,6 +212,10 @@ pub fn barrier<R>(instance_id: Option<&str>, read_horizon: impl FnOnce() -> R) -
     let horizon = read_horizon();
     if !cfg!(feature = "mutant_no_barrier") {
         unsafe { pg_sys::WaitForLockers(key.tag(), EXCLUSIVE, false) };
+        if instance_id.is_some() {
+            // A bulk push holds only the all-writers key (exclusively): wait for it too.
+            unsafe { pg_sys::WaitForLockers(all_writers_key().tag(), SHARED, false) };
+        }
     }
     horizon
 }

@@ -12,7 +12,7 @@ use std::ffi::CStr;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::{AnyArray, JsonB};
+use pgrx::AnyArray;
 
 use crate::errors;
 use crate::locks;
@@ -65,7 +65,7 @@ fn push_commands(commands: Option<AnyArray>) -> TableIterator<
 
 /// `eventstore.push(commands jsonb)`: the same, for drivers that cannot bind composite arrays.
 #[pg_extern(sql = false)]
-fn push_json(commands: Option<JsonB>) -> TableIterator<
+fn push_json(commands: Option<JsonbDatum>) -> TableIterator<
     'static,
     (
         name!(instance_id, String),
@@ -78,7 +78,7 @@ fn push_json(commands: Option<JsonB>) -> TableIterator<
         name!(owner, String),
     ),
 > {
-    let Some(JsonB(commands)) = commands else {
+    let Some(JsonbDatum(commands)) = commands else {
         errors::raise(errors::NULL_VALUE, "commands must not be NULL".into(),
             "push was called with a NULL jsonb.".into(), "Pass a JSON array of command objects.")
     };
@@ -91,8 +91,6 @@ fn push_json(commands: Option<JsonB>) -> TableIterator<
 /// Locks, numbers and inserts checked commands; returns one row per event.
 fn append(commands: Vec<Command>) -> Vec<Written> {
     let created_at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    locks::lock_writers(commands.iter().map(|c| c.instance_id.as_str()));
-
     let mut aggregates: Vec<(&str, &str, &str)> = Vec::new();
     let mut aggregate_of: Vec<usize> = Vec::with_capacity(commands.len());
     let mut index: HashMap<(&str, &str, &str), usize> = HashMap::new();
@@ -105,7 +103,9 @@ fn append(commands: Vec<Command>) -> Vec<Written> {
         }
         aggregate_of.push(i);
     }
-    locks::lock_aggregates(aggregates.iter().map(|(i, t, a)| locks::aggregate_key(i, t, a)).collect());
+    let instance_ids: Vec<&str> = aggregates.iter().map(|a| a.0).collect();
+    locks::lock_for_push(&instance_ids,
+        aggregates.iter().map(|(i, t, a)| locks::aggregate_key(i, t, a)).collect());
 
     query::with_spi(|| {
         let mut current = current_sequences(&aggregates);
@@ -408,7 +408,6 @@ impl RawCommand {
 
 /// A payload is a JSON object of at most MAX_PAYLOAD_BYTES.
 fn check_payload(payload: pg_sys::Datum) -> Result<(), Refusal> {
-    const JB_FOBJECT: u32 = 0x2000_0000;
     unsafe {
         let jsonb = pg_sys::pg_detoast_datum(payload.cast_mut_ptr());
         let size = pgrx::varsize_any(jsonb as *const pg_sys::varlena);
@@ -417,8 +416,7 @@ fn check_payload(payload: pg_sys::Datum) -> Result<(), Refusal> {
                 format!("The payload has {size} bytes; the limit is {MAX_PAYLOAD_BYTES}."),
                 "Store large documents elsewhere and put a reference in the event."));
         }
-        let root_header = *(jsonb as *const u8).add(pg_sys::VARHDRSZ).cast::<u32>();
-        if root_header & JB_FOBJECT == 0 {
+        if jsonb_root_header(jsonb) & JB_FOBJECT == 0 {
             return Err(Refusal::new(errors::INVALID_VALUE, "payload must be a JSON object".into(),
                 "The payload is an array or a scalar.".into(),
                 "Wrap the value in an object, or pass NULL for no payload."));
@@ -498,74 +496,140 @@ unsafe fn raw_from_composite(datum: pg_sys::Datum) -> RawCommand {
     }
 }
 
-/// Reads and checks a JSON array of command objects. serde_json keeps numbers as written
-/// (feature arbitrary_precision), so a payload's numbers are stored exactly.
-fn commands_from_json(commands: serde_json::Value) -> Vec<Command> {
-    let serde_json::Value::Array(items) = commands else {
+/// A jsonb argument taken as it is: never converted to text or parsed by us, so payloads keep
+/// their exact numbers and any nesting PostgreSQL accepts.
+pub struct JsonbDatum(pg_sys::Datum);
+
+impl FromDatum for JsonbDatum {
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
+        (!is_null).then_some(JsonbDatum(datum))
+    }
+}
+
+unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for JsonbDatum {
+    unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
+        unsafe { arg.unbox_arg_using_from_datum().expect("a non-NULL jsonb") }
+    }
+}
+
+pgrx::impl_sql_translatable!(JsonbDatum, "jsonb");
+
+const JB_FSCALAR: u32 = 0x1000_0000;
+const JB_FOBJECT: u32 = 0x2000_0000;
+const JB_FARRAY: u32 = 0x4000_0000;
+const JB_CMASK: u32 = 0x0FFF_FFFF;
+
+/// The header of a jsonb value's root container: its kind flags and element count.
+unsafe fn jsonb_root_header(jsonb: *const pg_sys::varlena) -> u32 {
+    unsafe { *(jsonb as *const u8).add(pg_sys::VARHDRSZ).cast::<u32>() }
+}
+
+/// Every field of every command, one row per (command, field); a command that is not an
+/// object, or an empty one, has one row with NULL key.
+const JSON_COMMAND_FIELDS: &str = "\
+SELECT e.n, jsonb_typeof(e.c), f.key, jsonb_typeof(f.value), f.value #>> '{}', f.value
+  FROM jsonb_array_elements($1) WITH ORDINALITY AS e(c, n)
+  LEFT JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(e.c) = 'object' THEN e.c END) AS f ON true
+ ORDER BY e.n";
+
+/// Reads and checks a JSON array of command objects with PostgreSQL's own jsonb functions.
+/// Payloads stay jsonb datums: no conversion, no depth limit, numbers exactly as given.
+fn commands_from_json(commands: pg_sys::Datum) -> Vec<Command> {
+    let header = unsafe { jsonb_root_header(pg_sys::pg_detoast_datum(commands.cast_mut_ptr())) };
+    if header & JB_FARRAY == 0 || header & JB_FSCALAR != 0 {
+        let kind = query::with_spi(|| {
+            query::run("SELECT jsonb_typeof($1)", &[Arg::raw(pg_sys::JSONBOID, Some(commands))],
+                Snapshot::Statement).get::<String>(0, 1).unwrap_or_default()
+        });
         errors::raise(errors::INVALID_VALUE, "commands must be a JSON array".into(),
-            format!("The jsonb is {}.", json_kind(&commands)), "Pass [{\"instance_id\": ...}, ...].")
-    };
-    check_batch_size(items.len());
-    items.into_iter().enumerate().map(|(n, item)| {
-        raw_from_json(item).and_then(RawCommand::check).map_err(|r| r.at(n).raise()).unwrap()
-    }).collect()
-}
-
-fn json_kind(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
+            format!("The jsonb is {}.", json_kind(&kind)), "Pass [{\"instance_id\": ...}, ...].")
     }
-}
-
-/// 3 and 3.0 are the same integer (some encoders write every number as a float).
-fn integral(n: &serde_json::Number) -> Option<i64> {
-    n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() <= (1u64 << 53) as f64).map(|f| f as i64))
-}
-
-fn raw_from_json(item: serde_json::Value) -> Result<RawCommand, Refusal> {
-    let serde_json::Value::Object(fields) = item else {
-        return Err(Refusal::new(errors::INVALID_VALUE, "a command must be a JSON object".into(),
-            format!("The command is {}.", json_kind(&item)), ""));
-    };
-    let wrong_type = |field: &str, expected: &str, value: &serde_json::Value| Refusal::new(
-        errors::INVALID_VALUE, format!("{field} must be {expected}"),
-        format!("{field} is {}.", json_kind(value)), "");
-    let string = |field: &str, value: serde_json::Value| match value {
-        serde_json::Value::Null => Ok(None),
-        serde_json::Value::String(s) => Ok(Some(s)),
-        other => Err(wrong_type(field, "a string", &other)),
-    };
-    let integer = |field: &str, value: serde_json::Value| match value {
-        serde_json::Value::Null => Ok(None),
-        serde_json::Value::Number(n) if integral(&n).is_some() => Ok(integral(&n)),
-        other => Err(wrong_type(field, "an integer", &other)),
-    };
-    let mut raw = RawCommand::default();
-    for (field, value) in fields {
-        match field.as_str() {
-            "instance_id" => raw.instance_id = string(&field, value)?,
-            "aggregate_type" => raw.aggregate_type = string(&field, value)?,
-            "aggregate_id" => raw.aggregate_id = string(&field, value)?,
-            "event_type" => raw.event_type = string(&field, value)?,
-            "creator" => raw.creator = string(&field, value)?,
-            "owner" => raw.owner = string(&field, value)?,
-            "revision" => raw.revision = integer(&field, value)?,
-            "expected_sequence" => raw.expected_sequence = integer(&field, value)?,
-            "payload" => raw.payload = match value {
-                serde_json::Value::Null => None,
-                other => JsonB(other).into_datum(),
-            },
-            _ => return Err(Refusal::new(errors::INVALID_VALUE, format!("unknown field \"{}\"", truncate(&field, 64)),
-                "A command has the fields instance_id, aggregate_type, aggregate_id, event_type, \
-                 revision, payload, creator, owner and expected_sequence.".into(), "Check the spelling.")),
+    check_batch_size((header & JB_CMASK) as usize);
+    query::with_spi(|| {
+        let rows = query::run(JSON_COMMAND_FIELDS, &[Arg::raw(pg_sys::JSONBOID, Some(commands))],
+            Snapshot::Statement);
+        let mut commands = Vec::new();
+        let mut raw = RawCommand::default();
+        for r in 0..rows.len() {
+            let n = rows.get::<i64>(r, 1).expect("ordinality") as usize - 1;
+            let refused = |refusal: Refusal| -> ! { refusal.at(n).raise() };
+            let kind = rows.get::<String>(r, 2).unwrap_or_default();
+            if kind != "object" {
+                refused(Refusal::new(errors::INVALID_VALUE, "a command must be a JSON object".into(),
+                    format!("The command is {}.", json_kind(&kind)), ""));
+            }
+            if let Some(key) = rows.get::<String>(r, 3) {
+                let value_kind = rows.get::<String>(r, 4).unwrap_or_default();
+                let text = rows.get::<String>(r, 5);
+                read_json_field(&mut raw, &key, &value_kind, text, || rows.transfer(r, 6))
+                    .unwrap_or_else(|refusal| refused(refusal));
+            }
+            let last_of_command = r + 1 == rows.len() || rows.get::<i64>(r + 1, 1) != Some(n as i64 + 1);
+            if last_of_command {
+                commands.push(std::mem::take(&mut raw).check().unwrap_or_else(|refusal| refused(refusal)));
+            }
         }
+        commands
+    })
+}
+
+/// "an object", "a string", ... for jsonb_typeof's answer.
+fn json_kind(kind: &str) -> String {
+    match kind {
+        "array" | "object" => format!("an {kind}"),
+        "null" => "null".into(),
+        other => format!("a {other}"),
     }
-    Ok(raw)
+}
+
+/// One field of a JSON command into the raw command, checked for its JSON type.
+fn read_json_field(
+    raw: &mut RawCommand,
+    key: &str,
+    kind: &str,
+    text: Option<String>,
+    payload: impl FnOnce() -> Option<pg_sys::Datum>,
+) -> Result<(), Refusal> {
+    let wrong_type = |expected: &str| Refusal::new(errors::INVALID_VALUE,
+        format!("{key} must be {expected}"), format!("{key} is {}.", json_kind(kind)), "");
+    let string = || match kind {
+        "null" => Ok(None),
+        "string" => Ok(text.clone()),
+        _ => Err(wrong_type("a string")),
+    };
+    let integer = || match kind {
+        "null" => Ok(None),
+        "number" => integral(text.as_deref().unwrap_or_default()).map(Some).ok_or_else(|| Refusal::new(
+            errors::INVALID_VALUE, format!("{key} must be an integer"),
+            format!("{key} is {}.", truncate(text.as_deref().unwrap_or_default(), 64)), "")),
+        _ => Err(wrong_type("an integer")),
+    };
+    match key {
+        "instance_id" => raw.instance_id = string()?,
+        "aggregate_type" => raw.aggregate_type = string()?,
+        "aggregate_id" => raw.aggregate_id = string()?,
+        "event_type" => raw.event_type = string()?,
+        "creator" => raw.creator = string()?,
+        "owner" => raw.owner = string()?,
+        "revision" => raw.revision = integer()?,
+        "expected_sequence" => raw.expected_sequence = integer()?,
+        "payload" => raw.payload = if kind == "null" { None } else { payload() },
+        _ => return Err(Refusal::new(errors::INVALID_VALUE,
+            format!("unknown field \"{}\"", truncate(key, 64)),
+            "A command has the fields instance_id, aggregate_type, aggregate_id, event_type, \
+             revision, payload, creator, owner and expected_sequence.".into(), "Check the spelling.")),
+    }
+    Ok(())
+}
+
+/// A JSON number that is a 64-bit integer: 3 and 3.0 alike (some encoders write every number
+/// as a float); 3.5, 1e1000 and 2^63 are not.
+fn integral(number: &str) -> Option<i64> {
+    number.parse::<i64>().ok().or_else(|| {
+        number.parse::<f64>().ok()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= (1u64 << 53) as f64)
+            .map(|f| f as i64)
+    })
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -586,7 +650,7 @@ mod tests {
 
     #[pg_test]
     fn a_payload_must_be_an_object() {
-        let payload = |json: &str| JsonB(serde_json::from_str(json).unwrap()).into_datum().unwrap();
+        let payload = |json: &str| pgrx::JsonB(serde_json::from_str(json).unwrap()).into_datum().unwrap();
         assert!(check_payload(payload(r#"{"a": 1}"#)).is_ok());
         assert!(check_payload(payload("[1]")).is_err());
         assert!(check_payload(payload("\"text\"")).is_err());
@@ -606,9 +670,11 @@ mod tests {
 
     #[pg_test]
     fn json_integers_may_be_written_as_floats() {
-        assert_eq!(integral(&serde_json::from_str("3.0").unwrap()), Some(3));
-        assert_eq!(integral(&serde_json::from_str("3").unwrap()), Some(3));
-        assert_eq!(integral(&serde_json::from_str("3.5").unwrap()), None);
+        assert_eq!(integral("3.0"), Some(3));
+        assert_eq!(integral("3"), Some(3));
+        assert_eq!(integral("3.5"), None);
+        assert_eq!(integral("1e1000"), None);
+        assert_eq!(integral("9223372036854775808"), None);
     }
 
     #[pg_test]

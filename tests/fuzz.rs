@@ -1075,7 +1075,7 @@ impl Generator {
     /// The call's arguments as sent.
     fn render(&mut self, call: &Call) -> Arguments {
         if !matches!(call.form, Form::ArrayLiteral) && !call.form.json() {
-            let mut fields: Vec<Vec<Option<Raw>>> = vec![Vec::with_capacity(call.commands.len()); 9];
+            let mut fields: Vec<Vec<Option<Raw>>> = (0..9).map(|_| Vec::with_capacity(call.commands.len())).collect();
             for command in &call.commands {
                 for (field, value) in command.values.iter().enumerate() {
                     fields[field].push(value.as_text_bytes().map(Raw));

@@ -17,6 +17,7 @@
 //!    - it holds exactly one transactionid lock, its own: a subtransaction left open would
 //!      hold a second. (A finished one does not: PostgreSQL drops a subtransaction's xid lock
 //!      at RELEASE as at ROLLBACK TO, which is why the xid count is the main probe.)
+//!
 //!    A negative control shows each probe seeing a subtransaction that is taken: released,
 //!    rolled back, left open, and a PL/pgSQL EXCEPTION block catching a unique violation.
 
@@ -100,9 +101,9 @@ fn lex_sql(source: &str) -> String {
             let bytes = rest.as_bytes();
             let mut i = 1;
             while i < bytes.len() {
-                if escapes && bytes[i] == b'\\' {
-                    i += 2;
-                } else if bytes[i] == b'\'' && bytes.get(i + 1) == Some(&b'\'') {
+                let escaped = escapes && bytes[i] == b'\\';
+                let doubled = bytes[i] == b'\'' && bytes.get(i + 1) == Some(&b'\'');
+                if escaped || doubled {
                     i += 2;
                 } else if bytes[i] == b'\'' {
                     i += 1;

@@ -204,3 +204,39 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
     }
     assert_eq!(count_events(&mut c, "t"), 0, "no bad input wrote anything");
 }
+
+#[test]
+fn a_bulk_push_holds_one_lock_and_runs_alone_among_writers() {
+    let t = tenant("bulk");
+    let other = tenant("bulk-other");
+    let mut bulk = connect();
+    let mut observer = connect();
+    let mut tx = bulk.transaction().unwrap();
+    let written = tx.query(
+        "SELECT * FROM eventstore.push(ARRAY(SELECT eventstore.command($1, 'thing', i::text, 'imported')
+                                              FROM generate_series(1, 1000) i))",
+        &[&t],
+    ).unwrap();
+    assert_eq!(written.len(), 1000);
+    let locks: Vec<(i64, String)> = tx.query(
+        "SELECT classid::bigint, mode FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+        &[],
+    ).unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(locks, vec![(1163067393, "ExclusiveLock".to_string())], "one lock, not a thousand");
+
+    let mut writer = connect();
+    let writer_pid = pid(&mut writer);
+    let waiter = thread::spawn(move || push_one(&mut writer, &other, "a", "e"));
+    wait_until_blocked(&mut observer, writer_pid);
+
+    let mut worker = connect();
+    let worker_pid = pid(&mut worker);
+    let t2 = t.clone();
+    let catchup = thread::spawn(move || -> usize {
+        worker.query("SELECT * FROM eventstore.projection_catchup('bulk', $1, 5000)", &[&t2]).unwrap().len()
+    });
+    wait_until_blocked(&mut observer, worker_pid);
+    tx.commit().unwrap();
+    assert_eq!(waiter.join().unwrap().0, 1);
+    assert_eq!(catchup.join().unwrap(), 1000, "the per-instance barrier waited for the bulk push");
+}
