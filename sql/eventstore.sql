@@ -72,11 +72,12 @@ CREATE FUNCTION eventstore.command(
     expected_sequence bigint  DEFAULT NULL
 ) RETURNS eventstore.command
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT ROW(instance_id, aggregate_type, aggregate_id, event_type, revision::smallint,
-               payload, creator, owner, expected_sequence)::eventstore.command
-$$;
+-- A SQL-standard body is bound when the function is created, so no search_path can change what
+-- it means, and without a SET clause the planner inlines it into the caller's query (a SET
+-- clause would make every call parse and plan it anew).
+RETURN ROW(instance_id, aggregate_type, aggregate_id, event_type,
+           CAST(revision AS pg_catalog.int2), payload, creator, owner, expected_sequence
+          )::eventstore.command;
 COMMENT ON FUNCTION eventstore.command(text, text, text, text, jsonb, integer, text, text, bigint) IS
     'Builds an eventstore.command. creator defaults to current_user, owner to the aggregate''s '
     'owner (or the instance for a new aggregate), revision to 1.';
@@ -175,7 +176,7 @@ CREATE FUNCTION eventstore.projection_catchup(
 ) RETURNS SETOF eventstore.events
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'projection_catchup_wrapper';
+AS 'MODULE_PATHNAME', 'projection_catchup_batch';
 COMMENT ON FUNCTION eventstore.projection_catchup(text, text, integer, text[], text[], boolean) IS
     'Hands out the next batch of a projection in position order and advances its checkpoint '
     'in the caller''s transaction: never skipped (G4), never duplicated (G5), never run twice '

@@ -8,11 +8,14 @@
 //! 4. the checkpoint advanced in the caller's transaction (G5): to the last event handed out
 //!    when the batch is full, else to the horizon, past events the filters skipped.
 //!
+//! The batch is handed back in one call (materialize mode), straight from the query's rows into
+//! the result: the pinned search_path is switched once per batch, not once per row.
+//!
 //! Events come in position order (G7), paged by position, never by OFFSET (trap 5). Under
 //! REPEATABLE READ and SERIALIZABLE the reads still use fresh snapshots, and the checkpoint
 //! write fails with 40001 when another worker moved it after the transaction's snapshot (G10).
 
-use pgrx::callconv::{BoxRet, FcInfo};
+use pgrx::fcinfo::pg_getarg;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -24,17 +27,6 @@ use crate::query::{self, Arg, Snapshot};
 /// Largest batch one call hands out.
 pub const MAX_CATCHUP_BATCH: i32 = 100_000;
 
-/// A row of eventstore.events, as a composite datum that outlives the SPI connection.
-pub struct EventRow(pg_sys::Datum);
-
-unsafe impl BoxRet for EventRow {
-    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
-        unsafe { fcinfo.return_raw_datum(self.0) }
-    }
-}
-
-pgrx::impl_sql_translatable!(EventRow, "eventstore.events");
-
 /// What the caller asked for, checked.
 struct Request<'a> {
     projection: &'a str,
@@ -44,35 +36,50 @@ struct Request<'a> {
     event_types: Option<Vec<String>>,
 }
 
-/// `eventstore.projection_catchup(...)`: the next batch of a projection (G4–G7, G10).
-#[pg_extern(sql = false)]
-fn projection_catchup(
-    projection: Option<&str>,
-    instance_id: Option<&str>,
-    batch_size: Option<i32>,
-    aggregate_types: Option<Vec<Option<String>>>,
-    event_types: Option<Vec<Option<String>>>,
-    wait: Option<bool>,
-) -> SetOfIterator<'static, EventRow> {
-    let request = Request {
-        projection: require_identifier("projection", projection),
-        instance_id: instance_id.map(|i| require_identifier("instance_id", Some(i))),
-        batch_size: check_batch_size(batch_size),
-        aggregate_types: type_filter("aggregate_types", aggregate_types),
-        event_types: type_filter("event_types", event_types),
-    };
-    locks::refuse_while_writing();
-    if !locks::lock_projection_key(request.projection, request.instance_id, wait.unwrap_or(false)) {
-        return SetOfIterator::empty();
-    }
-    SetOfIterator::new(query::with_spi(|| next_batch(&request)))
+#[no_mangle]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_projection_catchup_batch() -> &'static pg_sys::Pg_finfo_record {
+    static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
 }
 
-fn next_batch(request: &Request) -> Vec<EventRow> {
+/// `eventstore.projection_catchup(projection, instance_id, batch_size, aggregate_types,
+/// event_types, wait)`: the next batch of a projection (G4–G7, G10), as a materialized set.
+///
+/// # Safety
+/// Called by PostgreSQL's function manager with the arguments declared in sql/eventstore.sql.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn projection_catchup_batch(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let request = Request {
+            projection: require_identifier("projection", pg_getarg::<&str>(fcinfo, 0)),
+            instance_id: pg_getarg::<&str>(fcinfo, 1).map(|i| require_identifier("instance_id", Some(i))),
+            batch_size: check_batch_size(pg_getarg::<i32>(fcinfo, 2)),
+            aggregate_types: type_filter("aggregate_types", pg_getarg::<Vec<Option<String>>>(fcinfo, 3)),
+            event_types: type_filter("event_types", pg_getarg::<Vec<Option<String>>>(fcinfo, 4)),
+        };
+        let wait = pg_getarg::<bool>(fcinfo, 5).unwrap_or(false);
+        pg_sys::InitMaterializedSRF(fcinfo, pg_sys::MAT_SRF_USE_EXPECTED_DESC);
+        let result = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
+        locks::refuse_while_writing();
+        if locks::lock_projection_key(request.projection, request.instance_id, wait) {
+            query::with_spi(|| {
+                if let Some(batch) = next_batch(&request) {
+                    batch.put_all((*result).setResult, (*result).setDesc);
+                }
+            });
+        }
+        pg_sys::Datum::from(0usize)
+    }
+}
+
+/// Reads the next batch and advances the checkpoint; `None` when there is nothing new.
+fn next_batch(request: &Request) -> Option<query::Rows> {
     let horizon = locks::barrier(request.instance_id, last_position);
     let checkpoint = read_checkpoint(request);
     if horizon <= checkpoint {
-        return Vec::new();
+        return None;
     }
     let rows = query::run(&batch_query(request), &[
         Arg::new(checkpoint),
@@ -84,14 +91,12 @@ fn next_batch(request: &Request) -> Vec<EventRow> {
     ], Snapshot::Latest);
     let full = rows.len() == request.batch_size as usize;
     let advanced_to = if full {
-        rows.get::<i64>(rows.len() - 1, 1).expect("position is not NULL")
+        rows.get_named::<i64>(rows.len() - 1, c"position").expect("position is not NULL")
     } else {
         horizon
     };
     write_checkpoint(request, advanced_to);
-    (0..rows.len())
-        .map(|r| EventRow(rows.transfer(r, 2).expect("an event row is not NULL")))
-        .collect()
+    Some(rows)
 }
 
 /// The statement for a request's shape. Built only from fixed fragments: no user string is
@@ -109,14 +114,14 @@ fn batch_query(request: &Request) -> String {
         // One index range per aggregate type, merged by position: served by the
         // (instance_id, aggregate_type, position) and (aggregate_type, position) indexes.
         format!(
-            "SELECT x.position, x.e FROM unnest($5::text[]) AS t(aggregate_type) \
-             CROSS JOIN LATERAL (SELECT e.position, e FROM eventstore.events e \
+            "SELECT x.* FROM unnest($5::text[]) AS t(aggregate_type) \
+             CROSS JOIN LATERAL (SELECT e.* FROM eventstore.events e \
              WHERE e.aggregate_type = t.aggregate_type AND {conditions} \
              ORDER BY e.position LIMIT $3) x ORDER BY x.position LIMIT $3"
         )
     } else {
         format!(
-            "SELECT e.position, e FROM eventstore.events e WHERE {conditions} \
+            "SELECT e.* FROM eventstore.events e WHERE {conditions} \
              ORDER BY e.position LIMIT $3"
         )
     }

@@ -297,7 +297,7 @@ pub fn require_identifier<'a>(field: &str, value: Option<&'a str>) -> &'a str {
         errors::raise(errors::NULL_VALUE, format!("{field} must not be NULL"),
             format!("{field} is NULL."), "")
     };
-    check_identifier(field, value).map_err(|e| e.raise()).unwrap()
+    check_identifier(field, value).unwrap_or_else(|r| r.raise())
 }
 
 /// Why one command was refused.
@@ -458,7 +458,7 @@ fn commands_from_array(array: AnyArray) -> Vec<Command> {
                     "The command is NULL.".into(), "").at(n).raise();
             }
             let raw = raw_from_composite(*elements.add(n));
-            commands.push(raw.check().map_err(|r| r.at(n).raise()).unwrap());
+            commands.push(raw.check().unwrap_or_else(|r| r.at(n).raise()));
         }
         commands
     }

@@ -59,6 +59,37 @@ impl Rows {
         unsafe { T::from_datum(datum, is_null) }
     }
 
+    /// The column named `name` of row `row`.
+    pub fn get_named<T: FromDatum>(&self, row: usize, name: &std::ffi::CStr) -> Option<T> {
+        let column = unsafe { pg_sys::SPI_fnumber((*self.table).tupdesc, name.as_ptr()) };
+        assert!(column > 0, "no column {name:?}");
+        self.get(row, column)
+    }
+
+    /// Appends every row to `store`, a tuplestore of descriptor `desc` whose live (not dropped)
+    /// columns are this statement's columns, in order.
+    pub fn put_all(&self, store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc) {
+        unsafe {
+            let natts = (*desc).natts as usize;
+            let attributes = (*desc).attrs.as_slice(natts);
+            let mut values = vec![pg_sys::Datum::from(0usize); natts];
+            let mut nulls = vec![true; natts];
+            for row in 0..self.count {
+                let tuple = *(*self.table).vals.add(row);
+                let mut column = 1;
+                for (i, attribute) in attributes.iter().enumerate() {
+                    if attribute.attisdropped {
+                        nulls[i] = true;
+                        continue;
+                    }
+                    values[i] = pg_sys::SPI_getbinval(tuple, (*self.table).tupdesc, column, &mut nulls[i]);
+                    column += 1;
+                }
+                pg_sys::tuplestore_putvalues(store, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            }
+        }
+    }
+
     /// Column `column` of row `row` copied into the memory context that was current when the
     /// SPI connection opened, so that it outlives the connection.
     pub fn transfer(&self, row: usize, column: i32) -> Option<pg_sys::Datum> {
