@@ -2,7 +2,8 @@
 --
 -- Read top to bottom: the event log, the command a caller builds, push, the lock helpers,
 -- catch-up and its checkpoints. The native functions live in the module `eventstore`; every
--- public function pins its search_path so a user's objects can never stand in for ours.
+-- public function pins its search_path (command() has a SQL-standard body, bound at creation
+-- instead) so a user's objects can never stand in for ours.
 -- Lock class ids and SQLSTATEs are listed in README.md ("Lock keys", "Errors").
 
 -- The global position. CACHE 1 so that positions are drawn in exactly the order writers draw
