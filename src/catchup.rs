@@ -8,6 +8,10 @@
 //! 4. the checkpoint advanced in the caller's transaction (G5): to the last event handed out
 //!    when the batch is full, else to the horizon, past events the filters skipped.
 //!
+//! A session bound to a tenant (src/tenancy.rs) catches up only its tenant: naming another
+//! instance is refused (42501), and its global catch-up (instance NULL) is its tenant's, with
+//! the tenant's checkpoint. Statements run as the extension owner.
+//!
 //! The batch is handed back in one call (materialize mode), straight from the query's rows into
 //! the result: the pinned search_path is switched once per batch, not once per row.
 //!
@@ -23,6 +27,7 @@ use crate::errors;
 use crate::locks;
 use crate::push::{last_position, require_identifier};
 use crate::query::{self, Arg, Snapshot};
+use crate::tenancy;
 
 /// Largest batch one call hands out.
 pub const MAX_CATCHUP_BATCH: i32 = 100_000;
@@ -52,9 +57,11 @@ pub extern "C" fn pg_finfo_projection_catchup_batch() -> &'static pg_sys::Pg_fin
 #[no_mangle]
 pub unsafe extern "C-unwind" fn projection_catchup_batch(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
+        let scope = tenancy::caller_scope();
+        let instance_id = pg_getarg::<&str>(fcinfo, 1).map(|i| require_identifier("instance_id", Some(i)));
         let request = Request {
             projection: require_identifier("projection", pg_getarg::<&str>(fcinfo, 0)),
-            instance_id: pg_getarg::<&str>(fcinfo, 1).map(|i| require_identifier("instance_id", Some(i))),
+            instance_id: scope.resolve(instance_id, "projection_catchup"),
             batch_size: check_batch_size(pg_getarg::<i32>(fcinfo, 2)),
             aggregate_types: type_filter("aggregate_types", pg_getarg::<Vec<Option<String>>>(fcinfo, 3)),
             event_types: type_filter("event_types", pg_getarg::<Vec<Option<String>>>(fcinfo, 4)),
@@ -64,11 +71,11 @@ pub unsafe extern "C-unwind" fn projection_catchup_batch(fcinfo: pg_sys::Functio
         let result = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
         locks::refuse_while_writing();
         if locks::lock_projection_key(request.projection, request.instance_id, wait) {
-            query::with_spi(|| {
+            tenancy::as_owner(|| query::with_spi(|| {
                 if let Some(batch) = next_batch(&request) {
                     batch.put_all((*result).setResult, (*result).setDesc);
                 }
-            });
+            }));
         }
         pg_sys::Datum::from(0usize)
     }

@@ -19,6 +19,8 @@ pub const TOO_LARGE: PgSqlErrorCode = PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCE
 /// transaction (reload the aggregate, decide again) is the right response, as for any
 /// serialization failure.
 pub const SEQUENCE_MISMATCH: PgSqlErrorCode = PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE;
+/// 42501: the session is bound to another tenant, or to none.
+pub const NOT_ALLOWED: PgSqlErrorCode = PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE;
 /// 55000: the transaction is in a state where the call could deadlock.
 pub const WRONG_STATE: PgSqlErrorCode = PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
 

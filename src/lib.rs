@@ -6,10 +6,13 @@
 use pgrx::prelude::*;
 
 mod catchup;
+mod counter;
 mod errors;
 mod locks;
 mod push;
 mod query;
+mod tenancy;
+mod wakeup;
 
 ::pgrx::pg_module_magic!(name, version);
 

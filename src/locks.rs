@@ -10,6 +10,8 @@
 //! | writer      | 1163067394 | hashtext(instance_id)                                    | shared    |
 //! | projection  | 1163067395 | hashtext(coalesce(instance_id, '') ‖ '/' ‖ projection)   | exclusive |
 //! | aggregate   | 1163067396 | hashtext(instance_id ‖ '/' ‖ aggregate_type ‖ '/' ‖ id) | exclusive |
+//! | counter     | 1163067397 | hashtext(tenant ‖ '/' ‖ scope)                           | exclusive |
+//! | waiter      | 1163067398 | hashtext(coalesce(instance_id, ''))                      | shared    |
 //!
 //! Writers share their keys. The barrier never takes a writer key: it reads the horizon, then
 //! waits for the transactions holding the key at that moment (as CREATE INDEX CONCURRENTLY
@@ -25,6 +27,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::errors;
+use crate::tenancy;
 
 /// Shared by every push, whatever its instance: the key a global barrier waits on.
 pub const ALL_WRITERS_CLASS: i32 = 0x4553_0001;
@@ -34,6 +37,11 @@ pub const WRITER_CLASS: i32 = 0x4553_0002;
 pub const PROJECTION_CLASS: i32 = 0x4553_0003;
 /// Exclusive: one transaction at a time appends to an aggregate (G2).
 pub const AGGREGATE_CLASS: i32 = 0x4553_0004;
+
+/// Exclusive: one transaction at a time draws from a counter (next_number).
+pub const COUNTER_CLASS: i32 = 0x4553_0005;
+/// Shared, by sessions sleeping in wait_for_events: how a committing writer finds them.
+pub const WAITER_CLASS: i32 = 0x4553_0006;
 
 /// An advisory lock key: (class id, hash).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -90,6 +98,14 @@ pub fn projection_key(projection: &str, instance_id: Option<&str>) -> LockKey {
 pub fn aggregate_key(instance_id: &str, aggregate_type: &str, aggregate_id: &str) -> LockKey {
     let name = format!("{instance_id}/{aggregate_type}/{aggregate_id}");
     LockKey { class: AGGREGATE_CLASS, hash: hashtext(&name) }
+}
+
+pub fn counter_key(tenant: &str, scope: &str) -> LockKey {
+    LockKey { class: COUNTER_CLASS, hash: hashtext(&format!("{tenant}/{scope}")) }
+}
+
+pub fn waiter_key(instance_id: Option<&str>) -> LockKey {
+    LockKey { class: WAITER_CLASS, hash: hashtext(instance_id.unwrap_or("")) }
 }
 
 const SHARED: pg_sys::LOCKMODE = pg_sys::ShareLock as pg_sys::LOCKMODE;
@@ -157,6 +173,54 @@ fn lock_aggregates(mut keys: Vec<LockKey>) {
     }
 }
 
+/// A counter's lock, until the transaction ends: callers of next_number serialize, and the
+/// value is read after the previous holder committed or rolled back.
+pub fn lock_counter(tenant: &str, scope: &str) {
+    if cfg!(feature = "mutant_no_counter_lock") {
+        return;
+    }
+    acquire(counter_key(tenant, scope), EXCLUSIVE);
+}
+
+/// Marks this session as waiting for events of `instance_id` (of any instance when `None`)
+/// until [`stop_waiting`]: a committing writer sets the latch of every holder.
+pub fn start_waiting(instance_id: Option<&str>) -> LockKey {
+    let key = waiter_key(instance_id);
+    acquire(key, SHARED);
+    key
+}
+
+pub fn stop_waiting(key: LockKey) {
+    unsafe { pg_sys::LockRelease(&key.tag(), SHARED, false) };
+}
+
+extern "C-unwind" {
+    /// storage/sinvaladt.h; not in pgrx's bindings.
+    fn BackendIdGetProc(backend_id: std::ffi::c_int) -> *mut pg_sys::PGPROC;
+}
+
+/// Sets the latch of every session waiting on the given waiter keys. Called after a commit, so
+/// it must not raise: it only reads the lock table.
+pub fn wake_waiters(keys: &[LockKey]) {
+    if cfg!(feature = "mutant_no_wakeup") {
+        return;
+    }
+    for key in keys {
+        let tag = key.tag();
+        unsafe {
+            let mut count = 0;
+            let mut vxid = pg_sys::GetLockConflicts(&tag, EXCLUSIVE, &mut count);
+            while !vxid.is_null() && (*vxid).backendId != pg_sys::InvalidBackendId {
+                let proc = BackendIdGetProc((*vxid).backendId);
+                if !proc.is_null() {
+                    pg_sys::SetLatch(&mut (*proc).procLatch);
+                }
+                vxid = vxid.add(1);
+            }
+        }
+    }
+}
+
 /// The projection lock (G6): taken until the transaction ends. Re-entrant within a
 /// transaction, so a nested catch-up of the same projection cannot wait on itself (trap 8).
 pub fn lock_projection_key(projection: &str, instance_id: Option<&str>, wait: bool) -> bool {
@@ -220,11 +284,18 @@ pub fn barrier<R>(instance_id: Option<&str>, read_horizon: impl FnOnce() -> R) -
     horizon
 }
 
+/// The horizon a catch-up would get now without waiting for anyone, when the mode can tell
+/// (`None` with the barrier, which has to wait to know).
+pub fn horizon_without_waiting() -> Option<i64> {
+    None
+}
+
 /// `eventstore.lock_writer(instance_id)`: the shared writer lock push takes, for applications
 /// that write related rows and want the same protection from catch-up (G4).
 #[pg_extern(sql = false)]
 fn lock_writer(instance_id: Option<&str>) {
     let instance_id = crate::push::require_identifier("instance_id", instance_id);
+    tenancy::caller_scope().check(instance_id, "lock_writer");
     lock_writers([instance_id]);
 }
 
@@ -234,15 +305,18 @@ fn lock_writer(instance_id: Option<&str>) {
 fn lock_projection(projection: Option<&str>, instance_id: Option<&str>, wait: Option<bool>) -> bool {
     let projection = crate::push::require_identifier("projection", projection);
     let instance_id = instance_id.map(|i| crate::push::require_identifier("instance_id", Some(i)));
-    lock_projection_key(projection, instance_id, wait.unwrap_or(false))
+    let scope = tenancy::caller_scope();
+    lock_projection_key(projection, scope.resolve(instance_id, "lock_projection"), wait.unwrap_or(false))
 }
 
 /// `eventstore.await_writers(instance_id)`: the barrier; returns the safe horizon (G4).
 #[pg_extern(sql = false)]
 fn await_writers(instance_id: Option<&str>) -> i64 {
     let instance_id = instance_id.map(|i| crate::push::require_identifier("instance_id", Some(i)));
+    let scope = tenancy::caller_scope();
+    let instance_id = scope.resolve(instance_id, "await_writers");
     refuse_while_writing();
-    crate::query::with_spi(|| barrier(instance_id, crate::push::last_position))
+    tenancy::as_owner(|| crate::query::with_spi(|| barrier(instance_id, crate::push::last_position)))
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -260,11 +334,15 @@ mod tests {
         assert_eq!(projection_key("totals", Some("acme")).hash, sql_key("hashtext('acme/totals')"));
         assert_eq!(projection_key("totals", None).hash, sql_key("hashtext('/totals')"));
         assert_eq!(aggregate_key("acme", "user", "u1").hash, sql_key("hashtext('acme/user/u1')"));
+        assert_eq!(counter_key("acme", "invoice").hash, sql_key("hashtext('acme/invoice')"));
+        assert_eq!(waiter_key(Some("acme")).hash, sql_key("hashtext('acme')"));
+        assert_eq!(waiter_key(None).hash, sql_key("hashtext('')"));
     }
 
     #[pg_test]
     fn lock_families_have_distinct_class_ids() {
-        let mut classes = [ALL_WRITERS_CLASS, WRITER_CLASS, PROJECTION_CLASS, AGGREGATE_CLASS];
+        let mut classes = [ALL_WRITERS_CLASS, WRITER_CLASS, PROJECTION_CLASS, AGGREGATE_CLASS,
+            COUNTER_CLASS, WAITER_CLASS];
         classes.sort();
         assert!(classes.windows(2).all(|w| w[0] != w[1]));
         assert_eq!(ALL_WRITERS_CLASS, 1163067393);

@@ -16,6 +16,8 @@ use pgrx::AnyArray;
 
 use crate::errors;
 use crate::locks;
+use crate::tenancy;
+use crate::wakeup;
 use crate::query::{self, Arg, Snapshot};
 
 /// Most commands one push accepts.
@@ -90,6 +92,11 @@ fn push_json(commands: Option<JsonbDatum>) -> TableIterator<
 
 /// Locks, numbers and inserts checked commands; returns one row per event.
 fn append(commands: Vec<Command>) -> Vec<Written> {
+    let scope = tenancy::caller_scope();
+    for (n, c) in commands.iter().enumerate() {
+        scope.check(&c.instance_id, &format!("command {} of the batch", n + 1));
+    }
+    let default_creator = current_user();
     let created_at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
     let mut aggregates: Vec<(&str, &str, &str)> = Vec::new();
     let mut aggregate_of: Vec<usize> = Vec::with_capacity(commands.len());
@@ -107,9 +114,8 @@ fn append(commands: Vec<Command>) -> Vec<Written> {
     locks::lock_for_push(&instance_ids,
         aggregates.iter().map(|(i, t, a)| locks::aggregate_key(i, t, a)).collect());
 
-    query::with_spi(|| {
+    let written = tenancy::as_owner(|| query::with_spi(|| {
         let mut current = current_sequences(&aggregates);
-        let default_creator = current_user();
         let mut rows = Vec::with_capacity(commands.len());
         for (n, c) in commands.iter().enumerate() {
             let (sequence, owner) = &mut current[aggregate_of[n]];
@@ -141,8 +147,10 @@ fn append(commands: Vec<Command>) -> Vec<Written> {
             r.command.instance_id.clone(), r.command.aggregate_type.clone(),
             r.command.aggregate_id.clone(), r.sequence, r.position, n as i32,
             timestamptz(created_at), r.owner.clone(),
-        )).collect()
-    })
+        )).collect::<Vec<Written>>()
+    }));
+    wakeup::pushed(&instance_ids, written.iter().map(|w| w.4).max().unwrap_or(0));
+    written
 }
 
 struct PendingRow<'a> {
@@ -344,7 +352,7 @@ fn check_identifier<'a>(field: &str, value: &'a str) -> Result<&'a str, Refusal>
     Ok(value)
 }
 
-fn truncate(value: &str, max_chars: usize) -> String {
+pub fn truncate(value: &str, max_chars: usize) -> String {
     value.chars().take(max_chars).collect()
 }
 

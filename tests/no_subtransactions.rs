@@ -498,6 +498,10 @@ fn every_path_in_one_transaction() -> (i64, i64) {
     assert_eq!(tx.query("SELECT * FROM eventstore.push($1::text)", &[&json]).unwrap().len(), 2);
     tx.query_one("SELECT eventstore.lock_writer($1)", &[&t]).unwrap();
     push_one(&mut tx, &t, "b", "last");
+    // A counter, first inserted then raised, and a wait that finds events at once.
+    assert_eq!(tx.query_one("SELECT eventstore.next_number('g8', $1)", &[&t]).unwrap().get::<_, i64>(0), 1);
+    assert_eq!(tx.query_one("SELECT eventstore.next_number('g8', $1)", &[&t]).unwrap().get::<_, i64>(0), 2);
+    assert!(tx.query_one("SELECT eventstore.wait_for_events('g8-wait', $1, 0)", &[&t]).unwrap().get::<_, bool>(0));
 
     let seen = probe(&mut tx, &mut observer, top);
     tx.commit().unwrap();

@@ -17,6 +17,27 @@ pub fn connect() -> Client {
     Client::connect(&url(), NoTls).expect("scripts/test starts the scratch cluster")
 }
 
+/// A connection as another role (trust authentication on the scratch cluster).
+pub fn connect_as(role: &str) -> Client {
+    let url = url();
+    let url = if url.contains("user=") {
+        url.split_whitespace()
+            .map(|p| if p.starts_with("user=") { format!("user={role}") } else { p.to_string() })
+            .collect::<Vec<_>>().join(" ")
+    } else {
+        format!("{url} user={role}")
+    };
+    Client::connect(&url, NoTls).expect("the role can log in")
+}
+
+/// A new LOGIN role that is a member of `roles`, with a name no other test uses.
+pub fn login_role(admin: &mut Client, prefix: &str, roles: &[&str], attributes: &str) -> String {
+    let name = tenant(prefix).replace('-', "_");
+    let member_of = if roles.is_empty() { String::new() } else { format!("IN ROLE {}", roles.join(", ")) };
+    admin.batch_execute(&format!("CREATE ROLE {name} LOGIN {attributes} {member_of}")).unwrap();
+    name
+}
+
 /// A tenant name no other test (or earlier run) uses.
 pub fn tenant(prefix: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);

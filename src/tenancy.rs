@@ -1,0 +1,129 @@
+//! Who may touch which tenant, and running eventstore's own statements as the extension owner.
+//!
+//! A session is **bound to a tenant** when row-level security applies to its role on
+//! `eventstore.events` (the role is neither the owner, a superuser nor BYPASSRLS): its tenant is
+//! then the setting `eventstore.tenant`, and every function here refuses any other instance with
+//! 42501 — before a lock is taken or a row written. For a bound session, "every instance"
+//! (`instance_id` NULL: a global catch-up, await_writers, ...) means its own tenant: the same
+//! checkpoint, lock and batch as naming the tenant. Other sessions (an operator's BYPASSRLS
+//! role, the owner) see every tenant.
+//!
+//! Push, catch-up and next_number then run their statements as the owner of `eventstore.events`
+//! ([`as_owner`]), so the roles need EXECUTE on the functions and no privilege on the tables:
+//! the only way to write an event or a checkpoint is through them, with their locks (G3, G4).
+//! Direct reads (`SELECT` by `eventstore_reader`) are filtered by the tables' policies on the
+//! same setting (sql/eventstore.sql).
+
+use std::ffi::CStr;
+
+use pgrx::pg_sys;
+
+use crate::errors;
+
+/// The setting that binds a session to a tenant.
+pub const TENANT_SETTING: &CStr = c"eventstore.tenant";
+
+/// Which instances the calling role may touch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Not subject to row-level security: every instance.
+    Every,
+    /// Bound to this tenant (the value of `eventstore.tenant`).
+    Tenant(String),
+}
+
+/// The calling role's scope. Raises 42501 when the role is subject to row-level security but
+/// `eventstore.tenant` is not set: such a session may touch no instance at all.
+pub fn caller_scope() -> Scope {
+    let events = events_relation();
+    let rls = unsafe { pg_sys::check_enable_rls(events, pg_sys::InvalidOid, true) };
+    // RLS_NONE_ENV: the owner, a superuser or a BYPASSRLS role, for whom the policies do not
+    // apply; RLS_ENABLED: a role the policies filter (whatever row_security says).
+    if rls != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 {
+        return Scope::Every;
+    }
+    match tenant_setting() {
+        Some(tenant) => Scope::Tenant(tenant),
+        None => errors::raise(errors::NOT_ALLOWED,
+            "this session is not bound to a tenant".into(),
+            format!("Role \"{}\" is subject to tenant isolation and eventstore.tenant is not set.",
+                current_role_name()),
+            "SET eventstore.tenant (or SET LOCAL, behind a transaction pooler) to the tenant's \
+             instance_id; an operator role that must see every tenant needs BYPASSRLS."),
+    }
+}
+
+impl Scope {
+    /// Refuses an instance outside the scope (42501). `what` names the call for the detail.
+    pub fn check(&self, instance_id: &str, what: &str) {
+        if let Scope::Tenant(tenant) = self {
+            if tenant != instance_id && !cfg!(feature = "mutant_no_tenant_check") {
+                errors::raise(errors::NOT_ALLOWED,
+                    format!("instance \"{}\" belongs to another tenant",
+                        crate::push::truncate(instance_id, 80)),
+                    format!("This session is bound to tenant \"{}\" (eventstore.tenant); {what} \
+                             names instance \"{}\".",
+                        crate::push::truncate(tenant, 80), crate::push::truncate(instance_id, 80)),
+                    "A session may only touch the instance of the tenant it is bound to.");
+            }
+        }
+    }
+
+    /// `instance_id` as the call should use it: checked when given; for a bound session,
+    /// "every instance" (None) becomes its tenant.
+    pub fn resolve<'a>(&'a self, instance_id: Option<&'a str>, what: &str) -> Option<&'a str> {
+        match (self, instance_id) {
+            (_, Some(instance_id)) => {
+                self.check(instance_id, what);
+                Some(instance_id)
+            }
+            (Scope::Tenant(tenant), None) => Some(tenant.as_str()),
+            (Scope::Every, None) => None,
+        }
+    }
+}
+
+/// `eventstore.tenant`, when set and not empty.
+fn tenant_setting() -> Option<String> {
+    let value = unsafe { pg_sys::GetConfigOption(TENANT_SETTING.as_ptr(), true, false) };
+    if value.is_null() {
+        return None;
+    }
+    let value = unsafe { CStr::from_ptr(value) }.to_string_lossy().into_owned();
+    (!value.is_empty()).then_some(value)
+}
+
+fn current_role_name() -> String {
+    unsafe { CStr::from_ptr(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false)) }
+        .to_string_lossy().into_owned()
+}
+
+fn events_relation() -> pg_sys::Oid {
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"eventstore".as_ptr(), false);
+        let oid = pg_sys::get_relname_relid(c"events".as_ptr(), namespace);
+        assert!(oid != pg_sys::InvalidOid, "eventstore.events is missing");
+        oid
+    }
+}
+
+/// Runs `f` with the current user switched to the owner of `eventstore.events`, as a SECURITY
+/// DEFINER function would, and switches back. If `f` raises, the transaction's (or the caller's
+/// subtransaction's) abort restores the user, as it does for SECURITY DEFINER.
+pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
+    let owner = unsafe {
+        let relation = pg_sys::RelationIdGetRelation(events_relation());
+        let owner = (*(*relation).rd_rel).relowner;
+        pg_sys::RelationClose(relation);
+        owner
+    };
+    let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0);
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(owner,
+            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    }
+    let result = f();
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+    result
+}

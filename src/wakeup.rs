@@ -1,0 +1,167 @@
+//! Waking workers without polling: one NOTIFY per writing transaction, and
+//! `eventstore.wait_for_events`, a sleep on the session's latch that a committing writer ends.
+//!
+//! - **NOTIFY**: when a transaction that pushed commits, channel [`CHANNEL`] gets one
+//!   notification, sent just before the commit (PostgreSQL delivers it only if the commit
+//!   succeeds): `{"instance_id": "<instance>", "position": <highest position written>}`, with
+//!   `instance_id` null when the transaction wrote to more than one instance.
+//! - **wait_for_events**: the waiting session holds a shared waiter lock for its instance (or
+//!   for every instance), checks for new events, and sleeps on its latch. A writer, once its
+//!   commit is visible, sets the latch of every holder of its instances' waiter keys and of the
+//!   every-instance key. The check comes after the lock and before the sleep, and a latch set
+//!   meanwhile ends the sleep at once, so no commit is missed. One statement, no LISTEN
+//!   connection: it works behind a transaction-pooling PgBouncer.
+//!
+//! A prepared transaction (PREPARE TRANSACTION) that pushed sends no notification and wakes
+//! nobody when it is committed later; sleepers then wake at their timeout.
+
+use std::cell::RefCell;
+use std::ffi::CString;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::errors;
+use crate::locks::{self, LockKey};
+use crate::push::require_identifier;
+use crate::query::{self, Arg, Snapshot};
+use crate::tenancy;
+
+/// The channel push notifies.
+pub const CHANNEL: &str = "eventstore_events";
+/// Longest wait one call may ask for.
+pub const MAX_WAIT_MS: i32 = 3_600_000;
+
+/// What the current transaction has pushed so far.
+struct Pushed {
+    instance_ids: Vec<String>,
+    highest_position: i64,
+}
+
+thread_local! {
+    static PUSHED: RefCell<Option<Pushed>> = const { RefCell::new(None) };
+    static CALLBACK_REGISTERED: RefCell<bool> = const { RefCell::new(false) };
+}
+
+/// Notes a push of the current transaction, for its notification and its wake-ups at commit.
+pub fn pushed(instance_ids: &[&str], highest_position: i64) {
+    CALLBACK_REGISTERED.with_borrow_mut(|registered| {
+        if !*registered {
+            unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
+            *registered = true;
+        }
+    });
+    PUSHED.with_borrow_mut(|pushed| {
+        let pushed = pushed.get_or_insert_with(|| Pushed { instance_ids: Vec::new(), highest_position: 0 });
+        for instance_id in instance_ids {
+            if !pushed.instance_ids.iter().any(|i| i == instance_id) {
+                pushed.instance_ids.push(instance_id.to_string());
+            }
+        }
+        pushed.highest_position = pushed.highest_position.max(highest_position);
+    });
+}
+
+extern "C-unwind" {
+    /// commands/async.h; not in pgrx's bindings.
+    fn Async_Notify(channel: *const std::ffi::c_char, payload: *const std::ffi::c_char);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
+            // Queued now, delivered by PostgreSQL only if the commit succeeds.
+            if let Some(payload) = PUSHED.with_borrow(|p| p.as_ref().map(notification)) {
+                let channel = CString::new(CHANNEL).expect("no NUL in the channel name");
+                let payload = CString::new(payload).expect("JSON has no NUL");
+                unsafe { Async_Notify(channel.as_ptr(), payload.as_ptr()) };
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => {
+            // The commit is visible now. Nothing here may raise (the transaction is committed).
+            if let Some(pushed) = PUSHED.take() {
+                let mut keys: Vec<LockKey> = pushed.instance_ids.iter()
+                    .map(|i| locks::waiter_key(Some(i))).collect();
+                keys.push(locks::waiter_key(None));
+                keys.sort();
+                keys.dedup();
+                locks::wake_waiters(&keys);
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+            PUSHED.take();
+        }
+        _ => {}
+    }
+}
+
+/// The payload: `{"instance_id": ..., "position": ...}`.
+fn notification(pushed: &Pushed) -> String {
+    let instance_id = match pushed.instance_ids.as_slice() {
+        [only] => serde_json::Value::String(only.clone()),
+        _ => serde_json::Value::Null,
+    };
+    serde_json::json!({ "instance_id": instance_id, "position": pushed.highest_position }).to_string()
+}
+
+/// `eventstore.wait_for_events(projection, instance_id, timeout_ms)`: true as soon as events
+/// past the projection's checkpoint (in its instance, or any when NULL) are committed, false
+/// when `timeout_ms` passes first. Sleeps on the latch, never polls.
+#[pg_extern(sql = false)]
+fn wait_for_events(projection: Option<&str>, instance_id: Option<&str>, timeout_ms: Option<i32>) -> bool {
+    let projection = require_identifier("projection", projection);
+    let instance_id = instance_id.map(|i| require_identifier("instance_id", Some(i)));
+    let scope = tenancy::caller_scope();
+    let instance_id = scope.resolve(instance_id, "wait_for_events");
+    let timeout_ms = match timeout_ms {
+        Some(t) if (0..=MAX_WAIT_MS).contains(&t) => t as i64,
+        other => errors::raise(errors::INVALID_VALUE, "timeout_ms is out of range".into(),
+            format!("timeout_ms is {}; it must be between 0 and {MAX_WAIT_MS}.",
+                other.map_or("NULL".to_string(), |t| t.to_string())), ""),
+    };
+    let started = std::time::Instant::now();
+    let key = locks::start_waiting(instance_id);
+    let found = loop {
+        unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+        if tenancy::as_owner(|| query::with_spi(|| new_events(projection, instance_id))) {
+            break true;
+        }
+        let remaining = timeout_ms - started.elapsed().as_millis() as i64;
+        if remaining <= 0 {
+            break false;
+        }
+        unsafe {
+            pg_sys::WaitLatch(pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                remaining as std::ffi::c_long, pg_sys::PG_WAIT_EXTENSION);
+        }
+        pg_sys::check_for_interrupts!();
+    };
+    locks::stop_waiting(key);
+    found
+}
+
+const NEW_EVENTS_OF_INSTANCE: &str = "\
+SELECT EXISTS (SELECT FROM eventstore.events e
+                WHERE e.instance_id = $2 AND e.position <= $3 AND e.position > coalesce(
+                      (SELECT checkpoint FROM eventstore.projection_states
+                        WHERE projection = $1 AND instance_id = $2), 0))";
+const NEW_EVENTS_OF_ALL: &str = "\
+SELECT EXISTS (SELECT FROM eventstore.events e
+                WHERE e.position <= $3 AND e.position > coalesce(
+                      (SELECT checkpoint FROM eventstore.projection_states
+                        WHERE projection = $1 AND instance_id IS NULL), 0))";
+
+/// Whether committed events lie past the projection's checkpoint and no higher than a catch-up
+/// could hand out now without waiting (so that a worker woken early does not spin), under a
+/// snapshot taken now.
+fn new_events(projection: &str, instance_id: Option<&str>) -> bool {
+    let sql = if instance_id.is_some() { NEW_EVENTS_OF_INSTANCE } else { NEW_EVENTS_OF_ALL };
+    let reachable = locks::horizon_without_waiting().unwrap_or(i64::MAX);
+    let rows = query::run(sql, &[Arg::new(projection), Arg::new(instance_id), Arg::new(reachable)],
+        Snapshot::Latest);
+    rows.get::<bool>(0, 1).unwrap_or(false)
+}

@@ -1,0 +1,133 @@
+//! Waking workers: one NOTIFY per writing transaction (channel eventstore_events, payload
+//! instance and highest position), and eventstore.wait_for_events, which sleeps on the latch
+//! until a committing push ends the sleep.
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{connect, pid, push_one, tenant};
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::Client;
+
+fn notifications(listener: &mut Client, within: Duration) -> Vec<serde_json::Value> {
+    let mut seen = Vec::new();
+    let mut n = listener.notifications();
+    let mut iter = n.timeout_iter(within);
+    while let Some(note) = iter.next().unwrap() {
+        assert_eq!(note.channel(), "eventstore_events");
+        seen.push(serde_json::from_str(note.payload()).unwrap());
+    }
+    seen
+}
+
+fn mine(seen: Vec<serde_json::Value>, positions: &[i64]) -> Vec<serde_json::Value> {
+    seen.into_iter().filter(|v| positions.contains(&v["position"].as_i64().unwrap_or(-1))).collect()
+}
+
+#[test]
+fn a_transaction_that_pushes_notifies_once_with_its_instance_and_highest_position() {
+    let (t, u) = (tenant("notify"), tenant("notify-other"));
+    let mut listener = connect();
+    listener.batch_execute("LISTEN eventstore_events").unwrap();
+    let mut writer = connect();
+
+    let mut tx = writer.transaction().unwrap();
+    let mut positions = Vec::new();
+    for aggregate in ["a", "b", "a"] {
+        positions.push(push_one(&mut tx, &t, aggregate, "e").1);
+    }
+    tx.commit().unwrap();
+    let highest = *positions.iter().max().unwrap();
+    let seen = mine(notifications(&mut listener, Duration::from_millis(500)), &positions);
+    assert_eq!(seen, vec![serde_json::json!({"instance_id": t, "position": highest})]);
+
+    let mut rolled_back = writer.transaction().unwrap();
+    let lost = push_one(&mut rolled_back, &t, "c", "e").1;
+    rolled_back.rollback().unwrap();
+    assert!(mine(notifications(&mut listener, Duration::from_millis(300)), &[lost]).is_empty(),
+        "a rolled-back push notifies no one");
+
+    let mut two = writer.transaction().unwrap();
+    push_one(&mut two, &t, "d", "e");
+    let last = push_one(&mut two, &u, "d", "e").1;
+    two.commit().unwrap();
+    let seen = mine(notifications(&mut listener, Duration::from_millis(500)), &[last]);
+    assert_eq!(seen, vec![serde_json::json!({"instance_id": null, "position": last})],
+        "several instances: instance_id null");
+}
+
+/// Catches projection `p` up to the head, so that a wait starts with nothing new.
+fn drain(client: &mut Client, p: &str, t: &str) {
+    client.query("SELECT 1 FROM eventstore.projection_catchup($1, $2, 100000)", &[&p, &t]).unwrap();
+}
+
+#[test]
+fn a_commit_ends_the_wait_at_once_and_the_waiter_sleeps_meanwhile() {
+    let t = tenant("wake");
+    let mut admin = connect();
+    push_one(&mut admin, &t, "a", "before");
+    drain(&mut admin, "wake", &t);
+
+    let mut waiter = connect();
+    let waiter_pid = pid(&mut waiter);
+    let t2 = t.clone();
+    let handle = thread::spawn(move || {
+        let started = Instant::now();
+        let found: bool = waiter.query_one("SELECT eventstore.wait_for_events('wake', $1, 30000)", &[&t2]).unwrap().get(0);
+        (found, started.elapsed())
+    });
+    // It sleeps on its latch (wait event type Extension), not in a polling loop.
+    let mut sleeping = false;
+    for _ in 0..200 {
+        let event: Option<String> = admin.query_one(
+            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", &[&waiter_pid]).unwrap().get(0);
+        if event.as_deref() == Some("Extension") { sleeping = true; break; }
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(sleeping, "the waiter sleeps on its latch");
+
+    let mut writer = connect();
+    let mut tx = writer.transaction().unwrap();
+    push_one(&mut tx, &t, "a", "new");
+    thread::sleep(Duration::from_millis(300));
+    assert!(!handle.is_finished(), "an uncommitted push does not end the wait");
+    let committed = Instant::now();
+    tx.commit().unwrap();
+    let (found, _) = handle.join().unwrap();
+    assert!(found);
+    assert!(committed.elapsed() < Duration::from_secs(3),
+        "woken by the commit, not by the 30 s timeout ({:?})", committed.elapsed());
+}
+
+#[test]
+fn the_wait_ends_false_at_its_timeout_when_nothing_new_commits() {
+    let t = tenant("timeout");
+    let mut admin = connect();
+    push_one(&mut admin, &t, "a", "before");
+    drain(&mut admin, "timeout", &t);
+
+    let other = tenant("timeout-other");
+    let mut waiter = connect();
+    let t2 = t.clone();
+    let handle = thread::spawn(move || {
+        let started = Instant::now();
+        let found: bool = waiter.query_one("SELECT eventstore.wait_for_events('timeout', $1, 800)", &[&t2]).unwrap().get(0);
+        (found, started.elapsed())
+    });
+    thread::sleep(Duration::from_millis(200));
+    push_one(&mut admin, &other, "a", "another tenant");
+    let mut tx = admin.transaction().unwrap();
+    push_one(&mut tx, &t, "a", "rolled back");
+    tx.rollback().unwrap();
+    let (found, waited) = handle.join().unwrap();
+    assert!(!found, "another tenant's event and a rolled-back push are nothing new");
+    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(5), "{waited:?}");
+
+    let mut c = connect();
+    assert!(c.query_one("SELECT eventstore.wait_for_events('timeout-fresh', $1, 0)", &[&t]).unwrap().get::<_, bool>(0),
+        "a projection that never ran has events waiting");
+    let err = c.query("SELECT eventstore.wait_for_events('p', NULL, -1)", &[]).unwrap_err();
+    assert_eq!(common::db_error(&err).0, "22023");
+}
