@@ -18,6 +18,12 @@ mod wakeup;
 
 extension_sql_file!("../sql/eventstore.sql", name = "schema", bootstrap);
 
+/// Runs once per process, when PostgreSQL loads the library.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    wakeup::define_settings();
+}
+
 /// Required by `cargo pgrx test`.
 #[cfg(test)]
 pub mod pg_test {

@@ -20,12 +20,26 @@ use std::ffi::CString;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 use crate::errors;
 use crate::locks::{self, LockKey};
 use crate::push::require_identifier;
 use crate::query::{self, Arg, Snapshot};
 use crate::tenancy;
+
+/// `eventstore.notify`: whether a writing transaction sends its NOTIFY (on by default).
+pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// Defines `eventstore.notify`; called once, when the library is loaded.
+pub fn define_settings() {
+    GucRegistry::define_bool_guc(c"eventstore.notify",
+        c"Whether a transaction that pushed sends one NOTIFY on eventstore_events when it commits.",
+        c"PostgreSQL serializes the commits of all notifying transactions of a database (a lock \
+          held from the notification until the commit is flushed); turn it off when many \
+          concurrent writers matter more than LISTEN. wait_for_events works either way.",
+        &NOTIFY, GucContext::Userset, GucFlags::default());
+}
 
 /// The channel push notifies.
 pub const CHANNEL: &str = "eventstore_events";
@@ -72,7 +86,8 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
     match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
             // Queued now, delivered by PostgreSQL only if the commit succeeds.
-            if let Some(payload) = PUSHED.with_borrow(|p| p.as_ref().map(notification)) {
+            let payload = PUSHED.with_borrow(|p| p.as_ref().map(notification));
+            if let Some(payload) = payload.filter(|_| NOTIFY.get()) {
                 let channel = CString::new(CHANNEL).expect("no NUL in the channel name");
                 let payload = CString::new(payload).expect("JSON has no NUL");
                 unsafe { Async_Notify(channel.as_ptr(), payload.as_ptr()) };
