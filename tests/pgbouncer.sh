@@ -19,7 +19,8 @@
 #   - positions are unique (G3), and the events written are exactly the committed pushes (G1);
 #   - each projection (three tenants and the global one) applied every event in its scope
 #     exactly once (G4 no skip, G5 no duplicate) and in position order (G7);
-#   - PgBouncer really multiplexed: the server never saw more than POOL_SIZE client backends.
+#   - PgBouncer really multiplexed: the server never saw more than POOL_SIZE client backends;
+#   - a worker sleeping in wait_for_events through PgBouncer is woken by a push through it.
 # The checks bite: with apply_batch_sql swapped for a naive catch-up (read after the highest
 # position applied, no lock, no barrier), a 6 s run failed G4, G5 and G7 (hundreds each).
 #
@@ -239,6 +240,26 @@ check "each projection applied its events in position order (G7)" "
           FROM applied) x WHERE backwards"
 check "checkpoints at the head: nothing behind" "
     SELECT count(*) FROM eventstore.projection_status WHERE events_behind <> 0"
+# A worker sleeping in wait_for_events through PgBouncer is woken by a push through PgBouncer:
+# one statement on one leased connection, no LISTEN session needed.
+echo "== wake-up through PgBouncer"
+woken_at="$work/woken"
+rm -f "$woken_at"
+( bouncer -c "SELECT eventstore.wait_for_events('bouncer', 'tenant-1', 20000)" > "$woken_at.result"
+  date +%s%N > "$woken_at" ) &
+waiter=$!
+sleep 1
+[ -s "$woken_at" ] && fail "wait_for_events returned before anything was pushed"
+bouncer -c "SELECT count(*) FROM eventstore.push(ARRAY[eventstore.command('tenant-1', 'account', 'acc-wake', 'account.opened')])" > /dev/null
+pushed_at=$(date +%s%N)
+wait "$waiter"
+woke_ms=$(( ($(cat "$woken_at") - pushed_at) / 1000000 ))
+if [ "$(cat "$woken_at.result")" = t ] && [ "$woke_ms" -lt 3000 ]; then
+    echo "ok: a push woke the waiter in ${woke_ms} ms (its timeout was 20 s)"
+else
+    fail "wait_for_events through PgBouncer: returned '$(cat "$woken_at.result")' ${woke_ms} ms after the push"
+fi
+
 max_backends=$(cat "$work/max_backends" 2> /dev/null || echo 0)
 if [ "$max_backends" -ge 1 ] && [ "$max_backends" -le "$POOL_SIZE" ]; then
     echo "ok: $CLIENTS clients shared at most $max_backends server connections (pool $POOL_SIZE)"

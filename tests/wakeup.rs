@@ -58,6 +58,20 @@ fn a_transaction_that_pushes_notifies_once_with_its_instance_and_highest_positio
         "several instances: instance_id null");
 }
 
+#[test]
+fn with_eventstore_notify_off_a_push_notifies_no_one() {
+    let t = tenant("notify-off");
+    let mut listener = connect();
+    listener.batch_execute("LISTEN eventstore_events").unwrap();
+    let mut writer = connect();
+    writer.batch_execute("SET eventstore.notify = off").unwrap();
+    let quiet = push_one(&mut writer, &t, "a", "e").1;
+    writer.batch_execute("RESET eventstore.notify").unwrap();
+    let loud = push_one(&mut writer, &t, "a", "e").1;
+    let seen = mine(notifications(&mut listener, Duration::from_millis(500)), &[quiet, loud]);
+    assert_eq!(seen, vec![serde_json::json!({"instance_id": t, "position": loud})]);
+}
+
 /// Catches projection `p` up to the head, so that a wait starts with nothing new.
 fn drain(client: &mut Client, p: &str, t: &str) {
     client.query("SELECT 1 FROM eventstore.projection_catchup($1, $2, 100000)", &[&p, &t]).unwrap();
