@@ -82,6 +82,11 @@ sql eventstore \
 sql eventstore "BEGIN" "SELECT count(*) FROM eventstore.push(ARRAY[
     eventstore.command('acme', 'order', 'order-1', 'order.never'), eventstore.command('acme', 'order', 'order-9', 'order.never')])" \
     "ROLLBACK" >/dev/null
+# Counters: three numbers for one tenant, two for another, one rolled back (handed out again).
+sql eventstore "SELECT eventstore.next_number('invoice', 'acme') FROM generate_series(1, 3)" \
+               "SELECT eventstore.next_number('invoice', 'globex') FROM generate_series(1, 2)" >/dev/null
+sql eventstore "BEGIN; SELECT eventstore.next_number('invoice', 'acme'); ROLLBACK" >/dev/null
+
 sql eventstore "SELECT 'events: ' || count(*) || ', tenants: ' || count(DISTINCT instance_id) || ', aggregates: '
                        || count(DISTINCT (instance_id, aggregate_type, aggregate_id)) || ', positions 1..' || max(position)
                   FROM eventstore.events" \
@@ -95,6 +100,7 @@ EVENTS="SELECT instance_id, aggregate_type, aggregate_id, sequence, event_type, 
                creator, owner, created_at, position, in_tx_order FROM eventstore.events ORDER BY position"
 CHECKPOINTS="SELECT projection, instance_id, checkpoint, updated_at FROM eventstore.projection_states
               ORDER BY projection, instance_id NULLS FIRST"
+COUNTERS="SELECT scope, tenant, value FROM eventstore.counters ORDER BY scope, tenant"
 SEQUENCE="SELECT s.last_value, s.is_called, p.start_value, p.increment_by, p.cache_size, p.cycle
             FROM eventstore.position_seq s, pg_sequences p
            WHERE p.schemaname = 'eventstore' AND p.sequencename = 'position_seq'"
@@ -102,6 +108,7 @@ snapshot() {   # snapshot DB PREFIX
     sql "$1" "COPY ($EVENTS) TO STDOUT" > "$work/$2.events"
     sql "$1" "COPY ($CHECKPOINTS) TO STDOUT" > "$work/$2.checkpoints"
     sql "$1" "$SEQUENCE" > "$work/$2.sequence"
+    sql "$1" "COPY ($COUNTERS) TO STDOUT" > "$work/$2.counters"
     sql "$1" "SELECT count(*) || ' events, md5 ' || md5(string_agg(e::text, E'\n' ORDER BY position)) FROM ($EVENTS) e" > "$work/$2.md5"
 }
 snapshot eventstore before
@@ -118,12 +125,12 @@ else
     echo "  MISMATCH: pg_restore failed:"; sed 's/^/    /' "$restore_log"
     failures+=("pg_restore")
 fi
-check "the extension is created by the restore" "0.1.0" \
+check "the extension is created by the restore" "$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" \
     "$(sql restored "SELECT extversion FROM pg_extension WHERE extname = 'eventstore'")"
 snapshot restored after
 
 echo "== the restored database against the original"
-for part in events checkpoints sequence; do
+for part in events checkpoints counters sequence; do
     if diff -q "$work/before.$part" "$work/after.$part" >/dev/null; then
         echo "  ok: $part identical ($(wc -l < "$work/before.$part") lines)"
     else
@@ -133,6 +140,10 @@ for part in events checkpoints sequence; do
     fi
 done
 check "event count and md5" "$(cat "$work/before.md5")" "$(cat "$work/after.md5")"
+check "counters restored: acme was at 3, globex at 2" "acme=3 globex=2" \
+    "$(sql restored "SELECT string_agg(tenant || '=' || value, ' ' ORDER BY tenant) FROM eventstore.counters WHERE scope = 'invoice'")"
+check "the next number after the restore continues the counter" "4" \
+    "$(sql restored "SELECT eventstore.next_number('invoice', 'acme')")"
 check "position_seq is still CACHE 1" "1" "$(sql restored "SELECT cache_size FROM pg_sequences WHERE schemaname = 'eventstore' AND sequencename = 'position_seq'")"
 check "projection_status identical" \
     "$(sql eventstore "SELECT projection, instance_id, checkpoint, head, position_behind, events_behind FROM eventstore.projection_status ORDER BY 1, 2")" \
