@@ -138,7 +138,7 @@ fn append(commands: Vec<Command>) -> Vec<Written> {
             rows.push(PendingRow { command: c, sequence: *sequence, owner: row_owner, position: 0 });
         }
         // G3: every lock of the batch is held; draw positions in command order.
-        let sequence_oid = position_sequence_oid();
+        let sequence_oid = query::relation(c"position_seq");
         for row in &mut rows {
             row.position = next_position(sequence_oid);
         }
@@ -264,22 +264,13 @@ fn timestamptz(t: pg_sys::TimestampTz) -> TimestampWithTimeZone {
         .expect("a timestamp is not NULL")
 }
 
-fn current_user() -> String {
+pub fn current_user() -> String {
     unsafe { CStr::from_ptr(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false)) }
         .to_string_lossy().into_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
 // Positions
-
-fn position_sequence_oid() -> pg_sys::Oid {
-    unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"eventstore".as_ptr(), false);
-        let oid = pg_sys::get_relname_relid(c"position_seq".as_ptr(), namespace);
-        assert!(oid != pg_sys::InvalidOid, "eventstore.position_seq is missing");
-        oid
-    }
-}
 
 /// Draws the next position. Call only with the writer and aggregate locks held (G3).
 fn next_position(sequence_oid: pg_sys::Oid) -> i64 {

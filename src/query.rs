@@ -121,6 +121,16 @@ thread_local! {
     static PLANS: RefCell<HashMap<String, pg_sys::SPIPlanPtr>> = RefCell::new(HashMap::new());
 }
 
+/// The oid of relation `name` in schema eventstore (a syscache lookup, no SQL).
+pub fn relation(name: &std::ffi::CStr) -> pg_sys::Oid {
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"eventstore".as_ptr(), false);
+        let oid = pg_sys::get_relname_relid(name.as_ptr(), namespace);
+        assert!(oid != pg_sys::InvalidOid, "eventstore.{} is missing", name.to_string_lossy());
+        oid
+    }
+}
+
 /// Runs `f` inside an SPI connection; values read with [`Rows::get`] must be copied out
 /// before it returns.
 pub fn with_spi<R>(f: impl FnOnce() -> R) -> R {

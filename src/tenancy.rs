@@ -19,6 +19,7 @@ use std::ffi::CStr;
 use pgrx::pg_sys;
 
 use crate::errors;
+use crate::query;
 
 /// The setting that binds a session to a tenant.
 pub const TENANT_SETTING: &CStr = c"eventstore.tenant";
@@ -35,7 +36,7 @@ pub enum Scope {
 /// The calling role's scope. Raises 42501 when the role is subject to row-level security but
 /// `eventstore.tenant` is not set: such a session may touch no instance at all.
 pub fn caller_scope() -> Scope {
-    let events = events_relation();
+    let events = query::relation(c"events");
     let rls = unsafe { pg_sys::check_enable_rls(events, pg_sys::InvalidOid, true) };
     // RLS_NONE_ENV: the owner, a superuser or a BYPASSRLS role, for whom the policies do not
     // apply; RLS_ENABLED: a role the policies filter (whatever row_security says).
@@ -47,7 +48,7 @@ pub fn caller_scope() -> Scope {
         None => errors::raise(errors::NOT_ALLOWED,
             "this session is not bound to a tenant".into(),
             format!("Role \"{}\" is subject to tenant isolation and eventstore.tenant is not set.",
-                current_role_name()),
+                crate::push::current_user()),
             "SET eventstore.tenant (or SET LOCAL, behind a transaction pooler) to the tenant's \
              instance_id; an operator role that must see every tenant needs BYPASSRLS."),
     }
@@ -93,26 +94,13 @@ fn tenant_setting() -> Option<String> {
     (!value.is_empty()).then_some(value)
 }
 
-fn current_role_name() -> String {
-    unsafe { CStr::from_ptr(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false)) }
-        .to_string_lossy().into_owned()
-}
-
-fn events_relation() -> pg_sys::Oid {
-    unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"eventstore".as_ptr(), false);
-        let oid = pg_sys::get_relname_relid(c"events".as_ptr(), namespace);
-        assert!(oid != pg_sys::InvalidOid, "eventstore.events is missing");
-        oid
-    }
-}
 
 /// Runs `f` with the current user switched to the owner of `eventstore.events`, as a SECURITY
 /// DEFINER function would, and switches back. If `f` raises, the transaction's (or the caller's
 /// subtransaction's) abort restores the user, as it does for SECURITY DEFINER.
 pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
     let owner = unsafe {
-        let relation = pg_sys::RelationIdGetRelation(events_relation());
+        let relation = pg_sys::RelationIdGetRelation(query::relation(c"events"));
         let owner = (*(*relation).rd_rel).relowner;
         pg_sys::RelationClose(relation);
         owner
