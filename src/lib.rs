@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 
 mod catchup;
 mod errors;
+mod horizon;
 mod locks;
 mod push;
 mod query;
@@ -14,6 +15,11 @@ mod query;
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/eventstore.sql", name = "schema", bootstrap);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    horizon::init();
+}
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

@@ -197,7 +197,13 @@ pub fn refuse_while_writing() {
 /// key; we then wait for exactly those holders. No lock request is queued, so writers that
 /// start meanwhile never wait for us (trap 3), and nothing can be left behind by an error
 /// (trap 2). Call [`refuse_while_writing`] first.
-pub fn barrier<R>(instance_id: Option<&str>, read_horizon: impl FnOnce() -> R) -> R {
+///
+/// With the horizon registry active (eventstore preloaded), nothing waits: the horizon comes
+/// from the registry of writes in flight (horizon.rs).
+pub fn barrier(instance_id: Option<&str>, read_horizon: impl FnOnce() -> i64) -> i64 {
+    if crate::horizon::is_active() {
+        return crate::horizon::horizon(instance_id, read_horizon);
+    }
     let key = match instance_id {
         Some(instance_id) => writer_key(instance_id),
         None => all_writers_key(),
@@ -226,6 +232,8 @@ pub fn barrier<R>(instance_id: Option<&str>, read_horizon: impl FnOnce() -> R) -
 fn lock_writer(instance_id: Option<&str>) {
     let instance_id = crate::push::require_identifier("instance_id", instance_id);
     lock_writers([instance_id]);
+    crate::horizon::register_writer(crate::horizon::Scope::instance(instance_id),
+        || crate::query::with_spi(crate::push::last_position));
 }
 
 /// `eventstore.lock_projection(projection, instance_id, wait)`: the exclusive projection lock
