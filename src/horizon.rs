@@ -352,24 +352,3 @@ unsafe extern "C-unwind" fn at_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum)
     }
     clear();
 }
-
-#[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
-mod tests {
-    use super::*;
-
-    #[pg_test]
-    fn the_scope_of_a_push_is_its_instance_or_every_instance() {
-        assert_eq!(Scope::of(&["a", "a"]), Scope::instance("a"));
-        assert_eq!(Scope::of(&["a", "b"]), Scope::Every);
-        assert_eq!(Scope::instance("a").union(Scope::instance("b")), Scope::Every);
-        assert!(!Scope::instance("a").concerns(Some(Scope::instance("b"))));
-        assert!(Scope::Every.concerns(Some(Scope::instance("b"))));
-        assert!(Scope::instance("a").concerns(None));
-    }
-
-    #[pg_test]
-    fn without_preload_the_barrier_is_in_charge() {
-        assert_eq!(Spi::get_one::<String>("SELECT eventstore.horizon_mode()"), Ok(Some("barrier".into())));
-    }
-}
