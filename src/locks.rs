@@ -227,7 +227,8 @@ pub fn barrier(instance_id: Option<&str>, read_horizon: impl FnOnce() -> i64) ->
 }
 
 /// `eventstore.lock_writer(instance_id)`: the shared writer lock push takes, for applications
-/// that write related rows and want the same protection from catch-up (G4).
+/// that write related rows and want the same protection from catch-up (G4). With the horizon
+/// registry active it also registers the transaction, so horizons stay below what it writes.
 #[pg_extern(sql = false)]
 fn lock_writer(instance_id: Option<&str>) {
     let instance_id = crate::push::require_identifier("instance_id", instance_id);
@@ -245,7 +246,8 @@ fn lock_projection(projection: Option<&str>, instance_id: Option<&str>, wait: Op
     lock_projection_key(projection, instance_id, wait.unwrap_or(false))
 }
 
-/// `eventstore.await_writers(instance_id)`: the barrier; returns the safe horizon (G4).
+/// `eventstore.await_writers(instance_id)`: the barrier; returns the safe horizon (G4). With the
+/// horizon registry active (eventstore preloaded) it returns at once, below every write in flight.
 #[pg_extern(sql = false)]
 fn await_writers(instance_id: Option<&str>) -> i64 {
     let instance_id = instance_id.map(|i| crate::push::require_identifier("instance_id", Some(i)));
