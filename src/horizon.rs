@@ -64,6 +64,10 @@ impl Scope {
         if self == other { self } else { Scope::Every }
     }
 
+    fn covers(self, other: Scope) -> bool {
+        self.union(other) == self
+    }
+
     /// Whether a writer of scope `self` can draw positions a reader of `reader` must wait for.
     fn concerns(self, reader: Option<Scope>) -> bool {
         match (self, reader) {
@@ -215,7 +219,7 @@ pub fn draw(scope: Scope, draw: impl FnOnce() -> i64) -> i64 {
         return draw();
     }
     let registered = REGISTERED.get();
-    if registered.is_some_and(|mine| mine.union(scope) == mine) {
+    if registered.is_some_and(|mine| mine.covers(scope)) {
         return draw();
     }
     set_callbacks();
@@ -245,7 +249,7 @@ pub fn register_writer(scope: Scope, last_drawn: impl FnOnce() -> i64) {
         return;
     }
     match REGISTERED.get() {
-        Some(mine) if mine.union(scope) == mine => return,
+        Some(mine) if mine.covers(scope) => {}
         Some(mine) => {
             let locked = Locked::exclusive();
             set_scope(locked.my_slot(), mine.union(scope));
