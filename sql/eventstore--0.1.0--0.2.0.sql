@@ -3,6 +3,17 @@
 -- compares the two). Keeps every event, position, checkpoint.
 \echo Use "ALTER EXTENSION eventstore UPDATE" to load this file. \quit
 
+-- Which horizon catch-up uses (README "Horizon modes"): 'registry' when eventstore is in
+-- shared_preload_libraries, else 'barrier'.
+CREATE FUNCTION eventstore.horizon_mode()
+RETURNS text
+LANGUAGE c STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'horizon_mode_wrapper';
+COMMENT ON FUNCTION eventstore.horizon_mode() IS
+    'The horizon in use: registry (eventstore preloaded: catch-up never waits for writers, '
+    'writers never wait for catch-up) or barrier (catch-up waits for writers in flight).';
+
 -- Lag is visible to a tenant-bound reader for its own tenant only.
 ALTER VIEW eventstore.projection_status SET (security_invoker = true);
 
@@ -78,6 +89,8 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA eventstore FROM PUBLIC;
 REVOKE ALL ON TYPE eventstore.command, eventstore.pushed FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA eventstore TO eventstore_writer, eventstore_reader, eventstore_projector;
+GRANT EXECUTE ON FUNCTION eventstore.horizon_mode()
+    TO eventstore_writer, eventstore_reader, eventstore_projector;
 
 -- eventstore_writer: push and the writer lock (plus next_number, for numbers in the same
 -- transaction as the events).

@@ -155,6 +155,17 @@ COMMENT ON FUNCTION eventstore.await_writers(text) IS
     'The barrier: waits for the writers in flight (of this instance, or of all when NULL) and '
     'returns the safe horizon, a position at or below which every write has finished (G4).';
 
+-- Which horizon catch-up uses (README "Horizon modes"): 'registry' when eventstore is in
+-- shared_preload_libraries, else 'barrier'.
+CREATE FUNCTION eventstore.horizon_mode()
+RETURNS text
+LANGUAGE c STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'horizon_mode_wrapper';
+COMMENT ON FUNCTION eventstore.horizon_mode() IS
+    'The horizon in use: registry (eventstore preloaded: catch-up never waits for writers, '
+    'writers never wait for catch-up) or barrier (catch-up waits for writers in flight).';
+
 -- Checkpoints: one row per projection and instance (instance_id NULL: a global projection).
 CREATE TABLE eventstore.projection_states (
     projection  text        NOT NULL,
@@ -281,6 +292,8 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA eventstore FROM PUBLIC;
 REVOKE ALL ON TYPE eventstore.command, eventstore.pushed FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA eventstore TO eventstore_writer, eventstore_reader, eventstore_projector;
+GRANT EXECUTE ON FUNCTION eventstore.horizon_mode()
+    TO eventstore_writer, eventstore_reader, eventstore_projector;
 
 -- eventstore_writer: push and the writer lock (plus next_number, for numbers in the same
 -- transaction as the events).

@@ -3,7 +3,8 @@
 //! One call, inside the caller's transaction:
 //! 1. the projection lock (G6) — busy and `wait = false`: zero rows at once (trap 10);
 //! 2. the barrier (G4) — the horizon, at or below which every write has finished (refused in
-//!    a transaction that is itself writing, which could deadlock);
+//!    a transaction that is itself writing, which could deadlock); with eventstore preloaded,
+//!    the horizon registry gives it without waiting (horizon.rs);
 //! 3. the checkpoint and the batch, read under snapshots taken after both waits (trap 4);
 //! 4. the checkpoint advanced in the caller's transaction (G5): to the last event handed out
 //!    when the batch is full, else to the horizon, past events the filters skipped.

@@ -24,6 +24,10 @@ pub const NOT_ALLOWED: PgSqlErrorCode = PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRI
 /// 55000: the transaction is in a state where the call could deadlock.
 pub const WRONG_STATE: PgSqlErrorCode = PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
 
+/// 0A000: a feature eventstore cannot offer in this configuration (PREPARE TRANSACTION after
+/// writing events, with the horizon registry active).
+pub const NOT_SUPPORTED: PgSqlErrorCode = PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED;
+
 /// Raises an ERROR; never returns.
 #[track_caller]
 pub fn raise(code: PgSqlErrorCode, message: String, detail: String, hint: &str) -> ! {

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 mod catchup;
 mod counter;
 mod errors;
+mod horizon;
 mod locks;
 mod push;
 mod query;
@@ -22,6 +23,7 @@ extension_sql_file!("../sql/eventstore.sql", name = "schema", bootstrap);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     wakeup::define_settings();
+    horizon::init();
 }
 
 /// Required by `cargo pgrx test`.

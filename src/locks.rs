@@ -261,7 +261,13 @@ pub fn refuse_while_writing() {
 /// key; we then wait for exactly those holders. No lock request is queued, so writers that
 /// start meanwhile never wait for us (trap 3), and nothing can be left behind by an error
 /// (trap 2). Call [`refuse_while_writing`] first.
-pub fn barrier<R>(instance_id: Option<&str>, read_horizon: impl FnOnce() -> R) -> R {
+///
+/// With the horizon registry active (eventstore preloaded), nothing waits: the horizon comes
+/// from the registry of writes in flight (horizon.rs).
+pub fn barrier(instance_id: Option<&str>, read_horizon: impl FnOnce() -> i64) -> i64 {
+    if crate::horizon::is_active() {
+        return crate::horizon::horizon(instance_id, read_horizon);
+    }
     let key = match instance_id {
         Some(instance_id) => writer_key(instance_id),
         None => all_writers_key(),
@@ -284,19 +290,23 @@ pub fn barrier<R>(instance_id: Option<&str>, read_horizon: impl FnOnce() -> R) -
     horizon
 }
 
-/// The horizon a catch-up would get now without waiting for anyone, when the mode can tell
-/// (`None` with the barrier, which has to wait to know).
-pub fn horizon_without_waiting() -> Option<i64> {
-    None
+/// The horizon a catch-up of `instance_id` would get now without waiting for anyone, when the
+/// mode can tell: the registry's; `None` with the barrier, which has to wait to know. Must be
+/// called inside an SPI connection.
+pub fn horizon_without_waiting(instance_id: Option<&str>) -> Option<i64> {
+    crate::horizon::is_active().then(|| crate::horizon::horizon(instance_id, crate::push::last_position))
 }
 
 /// `eventstore.lock_writer(instance_id)`: the shared writer lock push takes, for applications
-/// that write related rows and want the same protection from catch-up (G4).
+/// that write related rows and want the same protection from catch-up (G4). With the horizon
+/// registry active it also registers the transaction, so horizons stay below what it writes.
 #[pg_extern(sql = false)]
 fn lock_writer(instance_id: Option<&str>) {
     let instance_id = crate::push::require_identifier("instance_id", instance_id);
     tenancy::caller_scope().check(instance_id, "lock_writer");
     lock_writers([instance_id]);
+    crate::horizon::register_writer(crate::horizon::Scope::instance(instance_id),
+        || crate::query::with_spi(crate::push::last_position));
 }
 
 /// `eventstore.lock_projection(projection, instance_id, wait)`: the exclusive projection lock
@@ -309,7 +319,8 @@ fn lock_projection(projection: Option<&str>, instance_id: Option<&str>, wait: Op
     lock_projection_key(projection, scope.resolve(instance_id, "lock_projection"), wait.unwrap_or(false))
 }
 
-/// `eventstore.await_writers(instance_id)`: the barrier; returns the safe horizon (G4).
+/// `eventstore.await_writers(instance_id)`: the barrier; returns the safe horizon (G4). With the
+/// horizon registry active (eventstore preloaded) it returns at once, below every write in flight.
 #[pg_extern(sql = false)]
 fn await_writers(instance_id: Option<&str>) -> i64 {
     let instance_id = instance_id.map(|i| crate::push::require_identifier("instance_id", Some(i)));

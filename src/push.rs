@@ -15,6 +15,7 @@ use pgrx::prelude::*;
 use pgrx::AnyArray;
 
 use crate::errors;
+use crate::horizon;
 use crate::locks;
 use crate::tenancy;
 use crate::wakeup;
@@ -139,8 +140,12 @@ fn append(commands: Vec<Command>) -> Vec<Written> {
         }
         // G3: every lock of the batch is held; draw positions in command order.
         let sequence_oid = query::relation(c"position_seq");
+        let scope = horizon::Scope::of(&instance_ids);
+        // The sequence's lock (nextval's) first: a position may be drawn under the horizon
+        // registry's LWLock, where nextval must never wait for a heavyweight lock.
+        unsafe { pg_sys::LockRelationOid(sequence_oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
         for row in &mut rows {
-            row.position = next_position(sequence_oid);
+            row.position = next_position(sequence_oid, scope);
         }
         insert(&rows, created_at, &default_creator);
         rows.iter().enumerate().map(|(n, r)| (
@@ -272,10 +277,13 @@ pub fn current_user() -> String {
 // ---------------------------------------------------------------------------------------------
 // Positions
 
-/// Draws the next position. Call only with the writer and aggregate locks held (G3).
-fn next_position(sequence_oid: pg_sys::Oid) -> i64 {
-    unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence_oid.into_datum()]) }
-        .expect("nextval is not NULL")
+/// Draws the next position for a write to `scope`, registered with the horizon (horizon.rs).
+/// Call only with the writer and aggregate locks held (G3).
+fn next_position(sequence_oid: pg_sys::Oid, scope: horizon::Scope) -> i64 {
+    horizon::draw(scope, || {
+        unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence_oid.into_datum()]) }
+            .expect("nextval is not NULL")
+    })
 }
 
 const LAST_POSITION: &str =

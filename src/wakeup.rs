@@ -175,7 +175,7 @@ SELECT EXISTS (SELECT FROM eventstore.events e
 /// snapshot taken now.
 fn new_events(projection: &str, instance_id: Option<&str>) -> bool {
     let sql = if instance_id.is_some() { NEW_EVENTS_OF_INSTANCE } else { NEW_EVENTS_OF_ALL };
-    let reachable = locks::horizon_without_waiting().unwrap_or(i64::MAX);
+    let reachable = locks::horizon_without_waiting(instance_id).unwrap_or(i64::MAX);
     let rows = query::run(sql, &[Arg::new(projection), Arg::new(instance_id), Arg::new(reachable)],
         Snapshot::Latest);
     rows.get::<bool>(0, 1).unwrap_or(false)

@@ -145,3 +145,38 @@ fn the_wait_ends_false_at_its_timeout_when_nothing_new_commits() {
     let err = c.query("SELECT eventstore.wait_for_events('p', NULL, -1)", &[]).unwrap_err();
     assert_eq!(common::db_error(&err).0, "22023");
 }
+
+#[test]
+fn a_wait_ends_only_when_a_catchup_could_hand_something_out() {
+    let t = tenant("reachable");
+    let mut admin = connect();
+    push_one(&mut admin, &t, "a", "before");
+    drain(&mut admin, "reachable", &t);
+    let registry = admin.query_one("SELECT eventstore.horizon_mode() = 'registry'", &[]).unwrap().get::<_, bool>(0);
+
+    // An earlier position in flight, a later one committed.
+    let mut slow = connect();
+    let mut slow_tx = slow.transaction().unwrap();
+    push_one(&mut slow_tx, &t, "b", "drawn first");
+    push_one(&mut admin, &t, "c", "committed first");
+
+    let mut waiter = connect();
+    let started = Instant::now();
+    let found: bool = waiter.query_one("SELECT eventstore.wait_for_events('reachable', $1, 700)", &[&t]).unwrap().get(0);
+    if registry {
+        // A catch-up would hand out nothing yet (the horizon is below the open writer): waking
+        // now would make a worker spin.
+        assert!(!found && started.elapsed() >= Duration::from_millis(700), "registry: sleeps until the timeout");
+    } else {
+        // The barrier's catch-up waits for the open writer itself: the wait ends at once.
+        assert!(found && started.elapsed() < Duration::from_millis(700), "barrier: true at once");
+    }
+    let handle = thread::spawn(move || {
+        waiter.query_one("SELECT eventstore.wait_for_events('reachable', $1, 30000)", &[&t]).unwrap().get::<_, bool>(0)
+    });
+    thread::sleep(Duration::from_millis(200));
+    let committed = Instant::now();
+    slow_tx.commit().unwrap();
+    assert!(handle.join().unwrap());
+    assert!(committed.elapsed() < Duration::from_secs(3));
+}

@@ -1,0 +1,358 @@
+//! The horizon: a position at or below which every write has finished, so that a catch-up may
+//! hand out everything up to it and never skip an event that commits later (G4, G7).
+//!
+//! Two modes, chosen when the server starts; `eventstore.horizon_mode()` says which is active.
+//!
+//! - **barrier** (the library is loaded on demand): `locks::barrier` reads the last drawn
+//!   position, then waits for the transactions holding the writer key. Writers never wait for
+//!   it (trap 3), but a catch-up waits for the slowest writer of its instance.
+//! - **registry** (`shared_preload_libraries = 'eventstore'`): a table in shared memory, one
+//!   slot per backend, holds for each open write transaction the lowest position it drew (its
+//!   floor) and the instances it writes. The horizon is the last drawn position, lowered below
+//!   every floor in scope. Nobody waits: a writer takes an LWLock once per transaction, for a
+//!   few instructions; a catch-up answers at once with everything below the lowest position
+//!   still in flight; a transaction that writes no events is never registered, so it holds
+//!   nothing back (unlike xid-snapshot horizons, trap 6).
+//!
+//! Why the registry is exact: a transaction registers before any position of its own can be
+//! read back. Its first position is drawn while it holds the registry's lock exclusively, and its
+//! slot is filled before the lock is released; a later position is drawn after the slot exists
+//! and after the slot's scope was widened to cover it. A reader reads the last drawn position V
+//! first, then takes the lock and scans. Every position x <= V was drawn before V was read, so
+//! when the scan runs, the transaction that drew x either is registered with a floor <= x and a
+//! scope covering x (and the horizon stays below x), or has cleared its slot; it clears only in
+//! the commit or abort callback, which runs after its outcome is visible to every snapshot taken
+//! later, and the catch-up reads its batch under such a snapshot (query::Snapshot::Latest).
+//!
+//! The slot is cleared at commit and abort (both callbacks run after ProcArrayEndTransaction)
+//! and when the backend exits. PREPARE TRANSACTION is refused for a registered transaction: a
+//! prepared transaction outlives its backend, and the registry could not follow it. After a
+//! restart the registry is empty (no transaction survives one), and the position sequence,
+//! WAL-logged, resumes above every stored position.
+
+use std::cell::Cell;
+use std::ffi::CStr;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::errors;
+use crate::locks;
+
+/// Which instances an open transaction writes events to: one (by its writer key's hash) or any.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Scope {
+    Instance(i32),
+    Every,
+}
+
+impl Scope {
+    /// The scope of a push to `instance_ids`: one instance, or every instance when several.
+    pub fn of(instance_ids: &[&str]) -> Scope {
+        match instance_ids.split_first() {
+            Some((first, rest)) if rest.iter().all(|i| i == first) => Scope::instance(first),
+            _ => Scope::Every,
+        }
+    }
+
+    pub fn instance(instance_id: &str) -> Scope {
+        Scope::Instance(locks::writer_key(instance_id).hash)
+    }
+
+    /// The smallest scope covering both.
+    fn union(self, other: Scope) -> Scope {
+        if self == other { self } else { Scope::Every }
+    }
+
+    fn covers(self, other: Scope) -> bool {
+        self.union(other) == self
+    }
+
+    /// Whether a writer of scope `self` can draw positions a reader of `reader` must wait for.
+    fn concerns(self, reader: Option<Scope>) -> bool {
+        match (self, reader) {
+            (Scope::Instance(mine), Some(Scope::Instance(theirs))) => mine == theirs,
+            _ => true,
+        }
+    }
+}
+
+/// One backend's registration; `floor == 0`: none.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Slot {
+    database: pg_sys::Oid,
+    floor: i64,
+    every_instance: bool,
+    instance: i32,
+}
+
+const EMPTY: Slot = Slot { database: pg_sys::InvalidOid, floor: 0, every_instance: false, instance: 0 };
+
+impl Slot {
+    fn scope(&self) -> Scope {
+        if self.every_instance { Scope::Every } else { Scope::Instance(self.instance) }
+    }
+}
+
+const TRANCHE: &CStr = c"eventstore_horizon";
+const SHMEM_NAME: &CStr = c"eventstore horizon registry";
+/// PostgreSQL 15's AddinShmemInitLock: MainLWLockArray[21] (lwlocknames.txt).
+const ADDIN_SHMEM_INIT_LOCK: usize = 21;
+
+/// The shared registry, set in the postmaster when preloaded and inherited by every backend.
+static mut SLOTS: *mut Slot = std::ptr::null_mut();
+static mut SLOT_COUNT: usize = 0;
+static mut LOCK: *mut pg_sys::LWLock = std::ptr::null_mut();
+static mut PREVIOUS_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
+static mut PREVIOUS_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
+
+thread_local! {
+    /// This backend's registration in the current transaction, if any.
+    static REGISTERED: Cell<Option<Scope>> = const { Cell::new(None) };
+    static CALLBACKS_SET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// From `_PG_init`: asks for the registry's shared memory when preloaded; otherwise nothing,
+/// and the barrier stays in charge.
+pub fn init() {
+    unsafe {
+        if !pg_sys::process_shared_preload_libraries_in_progress {
+            return;
+        }
+        PREVIOUS_REQUEST_HOOK = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(request_shared_memory);
+        PREVIOUS_STARTUP_HOOK = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(attach_shared_memory);
+    }
+}
+
+fn slot_count() -> usize {
+    // Backend ids run from 1 to MaxBackends.
+    unsafe { pg_sys::MaxBackends as usize + 1 }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn request_shared_memory() {
+    unsafe {
+        if let Some(previous) = PREVIOUS_REQUEST_HOOK {
+            pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| previous());
+        }
+        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Slot>() * slot_count());
+        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 1);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn attach_shared_memory() {
+    unsafe {
+        if let Some(previous) = PREVIOUS_STARTUP_HOOK {
+            pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| previous());
+        }
+        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(ADDIN_SHMEM_INIT_LOCK)).lock;
+        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let count = slot_count();
+        let mut found = false;
+        let slots = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), std::mem::size_of::<Slot>() * count,
+            &mut found) as *mut Slot;
+        if !found {
+            for i in 0..count {
+                slots.add(i).write(EMPTY);
+            }
+        }
+        SLOTS = slots;
+        SLOT_COUNT = count;
+        LOCK = &raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock;
+        pg_sys::LWLockRelease(init_lock);
+    }
+}
+
+/// Whether the registry is in charge of the horizon (the library was preloaded).
+pub fn is_active() -> bool {
+    unsafe { !SLOTS.is_null() }
+}
+
+/// `eventstore.horizon_mode()`: `'registry'` when preloaded, else `'barrier'`.
+#[pg_extern(sql = false)]
+fn horizon_mode() -> &'static str {
+    if is_active() { "registry" } else { "barrier" }
+}
+
+/// Holds the registry's lock until dropped (also released by PostgreSQL when an error aborts).
+struct Locked;
+
+impl Locked {
+    fn exclusive() -> Locked {
+        unsafe { pg_sys::LWLockAcquire(LOCK, pg_sys::LWLockMode::LW_EXCLUSIVE) };
+        Locked
+    }
+
+    fn shared() -> Locked {
+        unsafe { pg_sys::LWLockAcquire(LOCK, pg_sys::LWLockMode::LW_SHARED) };
+        Locked
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn my_slot(&self) -> &mut Slot {
+        let id = unsafe { pg_sys::MyBackendId } as usize;
+        assert!(id >= 1 && id < unsafe { SLOT_COUNT }, "backend id {id} outside the horizon registry");
+        unsafe { &mut *SLOTS.add(id) }
+    }
+
+    fn slots(&self) -> &[Slot] {
+        unsafe { std::slice::from_raw_parts(SLOTS, SLOT_COUNT) }
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        unsafe { pg_sys::LWLockRelease(LOCK) };
+    }
+}
+
+/// Draws a position with `draw` for a write to `scope` (G3: with the writer and aggregate locks
+/// held), registering the transaction first when needed: its first position is drawn under the
+/// registry's exclusive lock and becomes its floor; a position for an instance outside its scope
+/// is drawn after the scope was widened. Every other draw takes no lock.
+pub fn draw(scope: Scope, draw: impl FnOnce() -> i64) -> i64 {
+    if !is_active() {
+        return draw();
+    }
+    let registered = REGISTERED.get();
+    if registered.is_some_and(|mine| mine.covers(scope)) {
+        return draw();
+    }
+    set_callbacks();
+    let locked = Locked::exclusive();
+    let slot = locked.my_slot();
+    let position = match registered {
+        Some(mine) => {
+            let widened = mine.union(scope);
+            set_scope(slot, widened);
+            REGISTERED.set(Some(widened));
+            draw()
+        }
+        None => {
+            let position = draw();
+            register(slot, position, scope);
+            position
+        }
+    };
+    drop(locked);
+    position
+}
+
+/// Registers the transaction for `scope` without drawing, as `lock_writer` does: its floor is
+/// one above `last_drawn`, read before the call, so every position it draws later is above it.
+pub fn register_writer(scope: Scope, last_drawn: impl FnOnce() -> i64) {
+    if !is_active() {
+        return;
+    }
+    match REGISTERED.get() {
+        Some(mine) if mine.covers(scope) => {}
+        Some(mine) => {
+            let locked = Locked::exclusive();
+            set_scope(locked.my_slot(), mine.union(scope));
+            REGISTERED.set(Some(mine.union(scope)));
+        }
+        None => {
+            let floor = last_drawn() + 1;
+            set_callbacks();
+            let locked = Locked::exclusive();
+            register(locked.my_slot(), floor, scope);
+        }
+    }
+}
+
+fn register(slot: &mut Slot, floor: i64, scope: Scope) {
+    slot.database = unsafe { pg_sys::MyDatabaseId };
+    slot.floor = floor;
+    set_scope(slot, scope);
+    REGISTERED.set(Some(scope));
+}
+
+fn set_scope(slot: &mut Slot, scope: Scope) {
+    match scope {
+        Scope::Every => slot.every_instance = true,
+        Scope::Instance(hash) => {
+            slot.every_instance = false;
+            slot.instance = hash;
+        }
+    }
+}
+
+/// The horizon for readers of `instance_id` (every instance when `None`): `last_drawn()`, read
+/// first, lowered to just below the lowest floor of a registered transaction of this database
+/// whose scope concerns the reader. Never waits (beyond the registry's LWLock).
+pub fn horizon(instance_id: Option<&str>, last_drawn: impl FnOnce() -> i64) -> i64 {
+    let last = last_drawn();
+    if cfg!(feature = "mutant_registry_ignored") {
+        return last;
+    }
+    let reader = instance_id.map(Scope::instance);
+    let database = unsafe { pg_sys::MyDatabaseId };
+    let locked = Locked::shared();
+    let lowest_floor = locked.slots().iter()
+        .filter(|s| s.floor > 0 && s.database == database && s.scope().concerns(reader))
+        .map(|s| s.floor)
+        .min();
+    drop(locked);
+    match lowest_floor {
+        Some(floor) => last.min(floor - 1),
+        None => last,
+    }
+}
+
+/// The transaction callback and the exit hook, set once per backend.
+fn set_callbacks() {
+    if CALLBACKS_SET.get() {
+        return;
+    }
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
+        pg_sys::before_shmem_exit(Some(at_exit), pg_sys::Datum::from(0usize));
+    }
+    CALLBACKS_SET.set(true);
+}
+
+/// Clears this backend's slot. Raises nothing: it runs in the commit callback, where an ERROR
+/// would become a PANIC.
+fn clear() {
+    if REGISTERED.get().is_none() {
+        return;
+    }
+    let locked = Locked::exclusive();
+    *locked.my_slot() = EMPTY;
+    drop(locked);
+    REGISTERED.set(None);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT => clear(),
+        XACT_EVENT_PRE_PREPARE if REGISTERED.get().is_some() => errors::raise(
+            errors::NOT_SUPPORTED,
+            "cannot prepare a transaction that writes events while the eventstore horizon registry is active".into(),
+            "eventstore is in shared_preload_libraries (horizon_mode() = 'registry'), which tracks \
+             write transactions per backend; a prepared transaction would leave its backend."
+                .into(),
+            "Commit the events in a transaction of their own, or run without preloading eventstore.",
+        ),
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn at_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
+    // A backend exits with its transaction aborted (prepared ones are refused), so its positions
+    // never commit: no reader can skip one of them. A FATAL error may come while we hold the lock
+    // (the transaction's abort, which would release it, runs after this hook).
+    unsafe {
+        if is_active() && pg_sys::LWLockHeldByMe(LOCK) {
+            pg_sys::LWLockRelease(LOCK);
+        }
+    }
+    clear();
+}
