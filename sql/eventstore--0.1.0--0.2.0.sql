@@ -14,6 +14,12 @@ COMMENT ON FUNCTION eventstore.horizon_mode() IS
     'The horizon in use: registry (eventstore preloaded: catch-up never waits for writers, '
     'writers never wait for catch-up) or barrier (catch-up waits for writers in flight).';
 
+-- await_writers no longer always waits.
+COMMENT ON FUNCTION eventstore.await_writers(text) IS
+    'The horizon (of this instance, or of all when NULL): a position at or below which every '
+    'write has finished (G4). Waits for the writers in flight in barrier mode; answers at once '
+    'in registry mode (see horizon_mode()).';
+
 -- Lag is visible to a tenant-bound reader for its own tenant only.
 ALTER VIEW eventstore.projection_status SET (security_invoker = true);
 

@@ -152,8 +152,9 @@ LANGUAGE c VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'await_writers_wrapper';
 COMMENT ON FUNCTION eventstore.await_writers(text) IS
-    'The barrier: waits for the writers in flight (of this instance, or of all when NULL) and '
-    'returns the safe horizon, a position at or below which every write has finished (G4).';
+    'The horizon (of this instance, or of all when NULL): a position at or below which every '
+    'write has finished (G4). Waits for the writers in flight in barrier mode; answers at once '
+    'in registry mode (see horizon_mode()).';
 
 -- Which horizon catch-up uses (README "Horizon modes"): 'registry' when eventstore is in
 -- shared_preload_libraries, else 'barrier'.
