@@ -72,17 +72,19 @@ fn with_eventstore_notify_off_a_push_notifies_no_one() {
     assert_eq!(seen, vec![serde_json::json!({"instance_id": t, "position": loud})]);
 }
 
-/// Catches projection `p` up to the head, so that a wait starts with nothing new.
-fn drain(client: &mut Client, p: &str, t: &str) {
-    client.query("SELECT 1 FROM eventstore.projection_catchup($1, $2, 100000)", &[&p, &t]).unwrap();
+/// A new tenant with one event, and a connection on which projection `p` of that tenant has
+/// caught up to it: a wait then starts with nothing new.
+fn caught_up(p: &str) -> (Client, String) {
+    let t = tenant(p);
+    let mut admin = connect();
+    push_one(&mut admin, &t, "a", "before");
+    admin.query("SELECT 1 FROM eventstore.projection_catchup($1, $2, 100000)", &[&p, &t]).unwrap();
+    (admin, t)
 }
 
 #[test]
 fn a_commit_ends_the_wait_at_once_and_the_waiter_sleeps_meanwhile() {
-    let t = tenant("wake");
-    let mut admin = connect();
-    push_one(&mut admin, &t, "a", "before");
-    drain(&mut admin, "wake", &t);
+    let (mut admin, t) = caught_up("wake");
 
     let mut waiter = connect();
     let waiter_pid = pid(&mut waiter);
@@ -117,10 +119,7 @@ fn a_commit_ends_the_wait_at_once_and_the_waiter_sleeps_meanwhile() {
 
 #[test]
 fn the_wait_ends_false_at_its_timeout_when_nothing_new_commits() {
-    let t = tenant("timeout");
-    let mut admin = connect();
-    push_one(&mut admin, &t, "a", "before");
-    drain(&mut admin, "timeout", &t);
+    let (mut admin, t) = caught_up("timeout");
 
     let other = tenant("timeout-other");
     let mut waiter = connect();
@@ -148,10 +147,7 @@ fn the_wait_ends_false_at_its_timeout_when_nothing_new_commits() {
 
 #[test]
 fn a_wait_ends_only_when_a_catchup_could_hand_something_out() {
-    let t = tenant("reachable");
-    let mut admin = connect();
-    push_one(&mut admin, &t, "a", "before");
-    drain(&mut admin, "reachable", &t);
+    let (mut admin, t) = caught_up("reachable");
     let registry = admin.query_one("SELECT eventstore.horizon_mode() = 'registry'", &[]).unwrap().get::<_, bool>(0);
 
     // An earlier position in flight, a later one committed.
