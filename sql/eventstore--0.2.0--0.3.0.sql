@@ -1,0 +1,5 @@
+-- eventstore 0.2.0 -> 0.3.0 (ALTER EXTENSION eventstore UPDATE).
+--
+-- Every schema change of release 0.3.0 is here, in the order it was made; sql/eventstore.sql is
+-- the same schema for a fresh install, and tests/upgrade.sh checks that both end equal.
+-- sql/eventstore--0.2.0.sql is 0.2.0's install script exactly as it was released: never edit it.
