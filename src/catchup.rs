@@ -24,9 +24,10 @@ use pgrx::fcinfo::pg_getarg;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use crate::checks::{optional_identifier, require_identifier};
 use crate::errors;
+use crate::horizon;
 use crate::locks;
-use crate::push::{last_position, require_identifier};
 use crate::query::{self, Arg, Snapshot};
 use crate::tenancy;
 
@@ -57,9 +58,12 @@ pub extern "C" fn pg_finfo_projection_catchup_batch() -> &'static pg_sys::Pg_fin
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn projection_catchup_batch(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: fcinfo is PostgreSQL's call of the SQL function declared with these six argument
+    // types (pg_getarg reads each as its type, NULL as None); InitMaterializedSRF sets up the
+    // result tuplestore and descriptor we then fill, as the function manager expects.
     unsafe {
         let scope = tenancy::caller_scope();
-        let instance_id = pg_getarg::<&str>(fcinfo, 1).map(|i| require_identifier("instance_id", Some(i)));
+        let instance_id = optional_identifier("instance_id", pg_getarg::<&str>(fcinfo, 1));
         let request = Request {
             projection: require_identifier("projection", pg_getarg::<&str>(fcinfo, 0)),
             instance_id: scope.resolve(instance_id, "projection_catchup"),
@@ -70,7 +74,7 @@ pub unsafe extern "C-unwind" fn projection_catchup_batch(fcinfo: pg_sys::Functio
         let wait = pg_getarg::<bool>(fcinfo, 5).unwrap_or(false);
         pg_sys::InitMaterializedSRF(fcinfo, pg_sys::MAT_SRF_USE_EXPECTED_DESC);
         let result = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
-        locks::refuse_while_writing();
+        horizon::refuse_while_writing();
         if locks::lock_projection_key(request.projection, request.instance_id, wait) {
             tenancy::as_owner(|| query::with_spi(|| {
                 if let Some(batch) = next_batch(&request) {
@@ -82,9 +86,19 @@ pub unsafe extern "C-unwind" fn projection_catchup_batch(fcinfo: pg_sys::Functio
     }
 }
 
+/// `eventstore.lock_projection(projection, instance_id, wait)`: the exclusive projection lock
+/// (G6) that catch-up takes; busy and `wait = false` returns false, not an error (trap 10).
+#[pg_extern(sql = false)]
+fn lock_projection(projection: Option<&str>, instance_id: Option<&str>, wait: Option<bool>) -> bool {
+    let projection = require_identifier("projection", projection);
+    let instance_id = optional_identifier("instance_id", instance_id);
+    let scope = tenancy::caller_scope();
+    locks::lock_projection_key(projection, scope.resolve(instance_id, "lock_projection"), wait.unwrap_or(false))
+}
+
 /// Reads the next batch and advances the checkpoint; `None` when there is nothing new.
 fn next_batch(request: &Request) -> Option<query::Rows> {
-    let horizon = locks::barrier(request.instance_id, last_position);
+    let horizon = horizon::horizon(request.instance_id);
     let checkpoint = read_checkpoint(request);
     if horizon <= checkpoint {
         return None;

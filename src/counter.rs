@@ -15,7 +15,7 @@ use pgrx::prelude::*;
 
 use crate::errors;
 use crate::locks;
-use crate::push::require_identifier;
+use crate::checks::require_identifier;
 use crate::query::{self, Arg, Snapshot};
 use crate::tenancy::{self, Scope};
 

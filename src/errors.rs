@@ -38,3 +38,30 @@ pub fn raise(code: PgSqlErrorCode, message: String, detail: String, hint: &str) 
     report.report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
 }
+
+/// An error not raised yet: input checks return it, so that the caller can name the command
+/// it belongs to before raising.
+pub struct Refusal {
+    pub code: PgSqlErrorCode,
+    pub message: String,
+    pub detail: String,
+    pub hint: &'static str,
+}
+
+impl Refusal {
+    pub fn new(code: PgSqlErrorCode, message: String, detail: String, hint: &'static str) -> Self {
+        Refusal { code, message, detail, hint }
+    }
+
+    pub fn raise(self) -> ! {
+        raise(self.code, self.message, self.detail, self.hint)
+    }
+
+    /// Names the command in the detail: "Command 3 of the batch: the payload ...".
+    pub fn at(mut self, n: usize) -> Self {
+        let mut detail = self.detail.chars();
+        let first = detail.next().map(|c| c.to_lowercase().to_string()).unwrap_or_default();
+        self.detail = format!("Command {} of the batch: {first}{}", n + 1, detail.as_str());
+        self
+    }
+}

@@ -1,19 +1,30 @@
 //! eventstore: event sourcing inside PostgreSQL.
 //!
 //! Wiring only. The schema users see is `sql/eventstore.sql`; each module below starts with
-//! the guarantees (DESIGN.md G1–G10) it keeps.
+//! the guarantees (DESIGN.md, G1–G15) it keeps. Modules are listed from the SQL entry points
+//! down; each uses only modules below it.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use pgrx::prelude::*;
 
-mod catchup;
-mod counter;
-mod errors;
-mod horizon;
-mod locks;
-mod push;
-mod query;
-mod tenancy;
-mod wakeup;
+// The SQL entry points, each beside the work it starts.
+mod catchup; // projection_catchup, lock_projection
+mod counter; // next_number
+mod push; // push (both forms), lock_writer
+mod wakeup; // wait_for_events, NOTIFY
+
+// The mechanisms they share.
+mod horizon; // await_writers, horizon_mode; the barrier and the registry
+mod locks; // lock keys and the lock manager
+mod positions; // the position sequence
+mod tenancy; // who is calling, and on whose behalf statements run
+
+// The ground floor.
+mod checks; // input checks
+mod errors; // every SQLSTATE
+mod mutants; // the switches scripts/mutants builds with
+mod pg; // what differs between PostgreSQL versions
+mod query; // statements through SPI, under a chosen snapshot
 
 ::pgrx::pg_module_magic!(name, version);
 

@@ -13,10 +13,11 @@
 //! | counter     | 1163067397 | hashtext(tenant ‖ '/' ‖ scope)                           | exclusive |
 //! | waiter      | 1163067398 | hashtext(coalesce(instance_id, ''))                      | shared    |
 //!
-//! Writers share their keys. The barrier never takes a writer key: it reads the horizon, then
-//! waits for the transactions holding the key at that moment (as CREATE INDEX CONCURRENTLY
-//! waits for old snapshots), so a new writer never queues behind a waiting barrier (trap 3).
-//! Keys are taken in sorted order within a call (trap 11).
+//! Writers share their keys; the barrier (src/horizon/barrier.rs) never takes one, it waits for
+//! their holders. Keys are taken in sorted order within a call (trap 11).
+//!
+//! This module knows keys and the lock manager, nothing else: it calls no other module of
+//! eventstore but the mutant switches and the version differences.
 //!
 //! A bulk push (more than [`MAX_LOCKS_PER_PUSH`] distinct instances and aggregates) takes the
 //! all-writers key exclusively instead of one lock each: an import of 10,000 aggregates then
@@ -26,8 +27,7 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::errors;
-use crate::tenancy;
+use crate::mutants;
 
 /// Shared by every push, whatever its instance: the key a global barrier waits on.
 pub const ALL_WRITERS_CLASS: i32 = 0x4553_0001;
@@ -54,6 +54,7 @@ impl LockKey {
     fn tag(self) -> pg_sys::LOCKTAG {
         // SET_LOCKTAG_INT32: the tag pg_advisory_xact_lock(int4, int4) builds.
         pg_sys::LOCKTAG {
+            // SAFETY: MyDatabaseId is set once at backend start and only read afterwards.
             locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
             locktag_field2: self.class as u32,
             locktag_field3: self.hash as u32,
@@ -73,6 +74,8 @@ fn hashtext(text: &str) -> i32 {
         arg: pg_sys::NullableDatum,
     }
     let datum = text.into_datum().expect("text is not NULL");
+    // SAFETY: a zeroed FunctionCallInfo with room for exactly one argument, filled in as fmgr
+    // would for a one-argument call; hashtext reads only its argument and the collation.
     unsafe {
         let mut call: OneArgCall = std::mem::zeroed();
         call.base.nargs = 1;
@@ -108,25 +111,46 @@ pub fn waiter_key(instance_id: Option<&str>) -> LockKey {
     LockKey { class: WAITER_CLASS, hash: hashtext(instance_id.unwrap_or("")) }
 }
 
-const SHARED: pg_sys::LOCKMODE = pg_sys::ShareLock as pg_sys::LOCKMODE;
-const EXCLUSIVE: pg_sys::LOCKMODE = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
+pub const SHARED: pg_sys::LOCKMODE = pg_sys::ShareLock as pg_sys::LOCKMODE;
+pub const EXCLUSIVE: pg_sys::LOCKMODE = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
 
 /// Waits for `key` in `mode` until the transaction ends.
 fn acquire(key: LockKey, mode: pg_sys::LOCKMODE) {
     let tag = key.tag();
+    // SAFETY: a transaction-scoped (sessionLock = false) request for a valid advisory tag.
     unsafe { pg_sys::LockAcquire(&tag, mode, false, false) };
 }
 
 /// Takes `key` in `mode` until the transaction ends, if no other transaction holds it.
 fn try_acquire(key: LockKey, mode: pg_sys::LOCKMODE) -> bool {
     let tag = key.tag();
+    // SAFETY: as in acquire, with dontWait = true.
     let result = unsafe { pg_sys::LockAcquire(&tag, mode, false, true) };
     result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
 }
 
-fn held_by_me(key: LockKey, mode: pg_sys::LOCKMODE) -> bool {
-    let tag = key.tag();
-    unsafe { pg_sys::LockHeldByMe(&tag, mode) }
+/// Waits for `key` exclusively (only the queued-barrier mutant needs this).
+pub fn acquire_exclusive(key: LockKey) {
+    acquire(key, EXCLUSIVE);
+}
+
+/// Releases one hold of `key` in `mode` taken earlier in this transaction.
+pub fn release(key: LockKey, mode: pg_sys::LOCKMODE) {
+    // SAFETY: releases a transaction-scoped lock this backend holds (LockRelease only warns
+    // when it does not).
+    unsafe { pg_sys::LockRelease(&key.tag(), mode, false) };
+}
+
+/// Whether this transaction holds `key` in `mode`.
+pub fn held_by_me(key: LockKey, mode: pg_sys::LOCKMODE) -> bool {
+    crate::pg::lock_held_by_me(&key.tag(), mode)
+}
+
+/// Waits until every transaction that holds `key` in a mode conflicting with `mode` now has
+/// ended; queues no request, so transactions that take the key meanwhile never wait for us.
+pub fn wait_for_lockers(key: LockKey, mode: pg_sys::LOCKMODE) {
+    // SAFETY: WaitForLockers reads the lock table and waits on the holders' virtual xids.
+    unsafe { pg_sys::WaitForLockers(key.tag(), mode, false) };
 }
 
 /// Most distinct instances plus aggregates a push locks one by one; above it, a bulk push.
@@ -163,7 +187,7 @@ pub fn lock_writers<'a>(instance_ids: impl IntoIterator<Item = &'a str>) {
 
 /// Exclusive aggregate locks, in key order so that two batches never deadlock (trap 11).
 fn lock_aggregates(mut keys: Vec<LockKey>) {
-    if cfg!(feature = "mutant_no_aggregate_lock") {
+    if mutants::NO_AGGREGATE_LOCK {
         return;
     }
     keys.sort();
@@ -173,10 +197,15 @@ fn lock_aggregates(mut keys: Vec<LockKey>) {
     }
 }
 
+/// Whether this transaction writes events: every push and lock_writer take the all-writers key.
+pub fn writing() -> bool {
+    held_by_me(all_writers_key(), SHARED)
+}
+
 /// A counter's lock, until the transaction ends: callers of next_number serialize, and the
 /// value is read after the previous holder committed or rolled back.
 pub fn lock_counter(tenant: &str, scope: &str) {
-    if cfg!(feature = "mutant_no_counter_lock") {
+    if mutants::NO_COUNTER_LOCK {
         return;
     }
     acquire(counter_key(tenant, scope), EXCLUSIVE);
@@ -191,28 +220,25 @@ pub fn start_waiting(instance_id: Option<&str>) -> LockKey {
 }
 
 pub fn stop_waiting(key: LockKey) {
-    unsafe { pg_sys::LockRelease(&key.tag(), SHARED, false) };
-}
-
-extern "C-unwind" {
-    /// storage/sinvaladt.h; not in pgrx's bindings.
-    fn BackendIdGetProc(backend_id: std::ffi::c_int) -> *mut pg_sys::PGPROC;
+    release(key, SHARED);
 }
 
 /// Sets the latch of every session waiting on the given waiter keys. Called after a commit, so
 /// it must not raise: it only reads the lock table.
 pub fn wake_waiters(keys: &[LockKey]) {
-    if cfg!(feature = "mutant_no_wakeup") {
+    if mutants::NO_WAKEUP {
         return;
     }
     for key in keys {
         let tag = key.tag();
+        // SAFETY: GetLockConflicts returns a palloc'd array of virtual transaction ids ended by
+        // one whose backend is invalid; we read it up to that end and nothing beyond. A running
+        // backend's PGPROC stays valid; setting its latch is what SetLatch is for.
         unsafe {
             let mut count = 0;
             let mut vxid = pg_sys::GetLockConflicts(&tag, EXCLUSIVE, &mut count);
-            while !vxid.is_null() && (*vxid).backendId != pg_sys::InvalidBackendId {
-                let proc = BackendIdGetProc((*vxid).backendId);
-                if !proc.is_null() {
+            while let Some(number) = vxid.as_ref().and_then(crate::pg::vxid_proc_number) {
+                if let Some(proc) = crate::pg::proc_by_number(number) {
                     pg_sys::SetLatch(&mut (*proc).procLatch);
                 }
                 vxid = vxid.add(1);
@@ -225,7 +251,7 @@ pub fn wake_waiters(keys: &[LockKey]) {
 /// transaction, so a nested catch-up of the same projection cannot wait on itself (trap 8).
 pub fn lock_projection_key(projection: &str, instance_id: Option<&str>, wait: bool) -> bool {
     let key = projection_key(projection, instance_id);
-    if cfg!(feature = "mutant_no_projection_lock") {
+    if mutants::NO_PROJECTION_LOCK {
         return true;
     }
     if wait {
@@ -234,103 +260,6 @@ pub fn lock_projection_key(projection: &str, instance_id: Option<&str>, wait: bo
     } else {
         try_acquire(key, EXCLUSIVE)
     }
-}
-
-/// Refuses to wait for writers in a transaction that is itself writing (it holds the
-/// all-writers key, which every push and lock_writer take): a writer waiting on one of our
-/// aggregate locks while we wait for it would be a deadlock. Call before any lock is taken.
-pub fn refuse_while_writing() {
-    if held_by_me(all_writers_key(), SHARED) {
-        errors::raise(
-            errors::WRONG_STATE,
-            "cannot wait for writers in a transaction that is itself writing events".into(),
-            "This transaction holds the writer lock (it called push or lock_writer); waiting for \
-             the other writers could deadlock with them."
-                .into(),
-            "Commit the writing transaction first; catch up or wait for writers in a transaction \
-             of its own.",
-        );
-    }
-}
-
-/// The barrier (G4): returns a horizon such that every position at or below it belongs to a
-/// finished transaction, for `instance_id` (for every instance when `None`).
-///
-/// Positions are drawn only by transactions holding the writer key, so every position at or
-/// below the horizon read first belongs to a transaction that has finished or still holds the
-/// key; we then wait for exactly those holders. No lock request is queued, so writers that
-/// start meanwhile never wait for us (trap 3), and nothing can be left behind by an error
-/// (trap 2). Call [`refuse_while_writing`] first.
-///
-/// With the horizon registry active (eventstore preloaded), nothing waits: the horizon comes
-/// from the registry of writes in flight (horizon.rs).
-pub fn barrier(instance_id: Option<&str>, read_horizon: impl FnOnce() -> i64) -> i64 {
-    if crate::horizon::is_active() {
-        return crate::horizon::horizon(instance_id, read_horizon);
-    }
-    let key = match instance_id {
-        Some(instance_id) => writer_key(instance_id),
-        None => all_writers_key(),
-    };
-    if cfg!(feature = "mutant_queued_barrier") {
-        // The naive barrier of trap 3: an exclusive request that new writers queue behind.
-        acquire(key, EXCLUSIVE);
-        let horizon = read_horizon();
-        unsafe { pg_sys::LockRelease(&key.tag(), EXCLUSIVE, false) };
-        return horizon;
-    }
-    let horizon = read_horizon();
-    if !cfg!(feature = "mutant_no_barrier") {
-        unsafe { pg_sys::WaitForLockers(key.tag(), EXCLUSIVE, false) };
-        if instance_id.is_some() {
-            // A bulk push holds only the all-writers key (exclusively): wait for it too.
-            unsafe { pg_sys::WaitForLockers(all_writers_key().tag(), SHARED, false) };
-        }
-    }
-    horizon
-}
-
-/// The horizon a catch-up of `instance_id` would get now without waiting for anyone, when the
-/// mode can tell: the registry's; `None` with the barrier, which has to wait to know. Must be
-/// called inside an SPI connection.
-pub fn horizon_without_waiting(instance_id: Option<&str>) -> Option<i64> {
-    if cfg!(feature = "mutant_wait_ignores_horizon") {
-        return None;
-    }
-    crate::horizon::is_active().then(|| crate::horizon::horizon(instance_id, crate::push::last_position))
-}
-
-/// `eventstore.lock_writer(instance_id)`: the shared writer lock push takes, for applications
-/// that write related rows and want the same protection from catch-up (G4). With the horizon
-/// registry active it also registers the transaction, so horizons stay below what it writes.
-#[pg_extern(sql = false)]
-fn lock_writer(instance_id: Option<&str>) {
-    let instance_id = crate::push::require_identifier("instance_id", instance_id);
-    tenancy::caller_scope().check(instance_id, "lock_writer");
-    lock_writers([instance_id]);
-    crate::horizon::register_writer(crate::horizon::Scope::instance(instance_id),
-        || crate::query::with_spi(crate::push::last_position));
-}
-
-/// `eventstore.lock_projection(projection, instance_id, wait)`: the exclusive projection lock
-/// (G6); busy and `wait = false` returns false, not an error (trap 10).
-#[pg_extern(sql = false)]
-fn lock_projection(projection: Option<&str>, instance_id: Option<&str>, wait: Option<bool>) -> bool {
-    let projection = crate::push::require_identifier("projection", projection);
-    let instance_id = instance_id.map(|i| crate::push::require_identifier("instance_id", Some(i)));
-    let scope = tenancy::caller_scope();
-    lock_projection_key(projection, scope.resolve(instance_id, "lock_projection"), wait.unwrap_or(false))
-}
-
-/// `eventstore.await_writers(instance_id)`: the barrier; returns the safe horizon (G4). With the
-/// horizon registry active (eventstore preloaded) it returns at once, below every write in flight.
-#[pg_extern(sql = false)]
-fn await_writers(instance_id: Option<&str>) -> i64 {
-    let instance_id = instance_id.map(|i| crate::push::require_identifier("instance_id", Some(i)));
-    let scope = tenancy::caller_scope();
-    let instance_id = scope.resolve(instance_id, "await_writers");
-    refuse_while_writing();
-    tenancy::as_owner(|| crate::query::with_spi(|| barrier(instance_id, crate::push::last_position)))
 }
 
 #[cfg(any(test, feature = "pg_test"))]

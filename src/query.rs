@@ -56,11 +56,13 @@ impl Rows {
     /// Column `column` (from 1) of row `row` (from 0), converted to a Rust value.
     pub fn get<T: FromDatum>(&self, row: usize, column: i32) -> Option<T> {
         let (datum, is_null) = self.datum(row, column);
+        // SAFETY: the datum comes from this statement's result; the caller names its type.
         unsafe { T::from_datum(datum, is_null) }
     }
 
     /// The column named `name` of row `row`.
     pub fn get_named<T: FromDatum>(&self, row: usize, name: &std::ffi::CStr) -> Option<T> {
+        // SAFETY: the tuple table is alive until the SPI connection closes.
         let column = unsafe { pg_sys::SPI_fnumber((*self.table).tupdesc, name.as_ptr()) };
         assert!(column > 0, "no column {name:?}");
         self.get(row, column)
@@ -69,9 +71,12 @@ impl Rows {
     /// Appends every row to `store`, a tuplestore of descriptor `desc` whose live (not dropped)
     /// columns are this statement's columns, in order.
     pub fn put_all(&self, store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc) {
+        // SAFETY: desc and store are the materialized result's (live for the call); each row
+        // index is below count, and each live column of desc matches the statement's next
+        // column (the caller's promise), so SPI_getbinval reads within the tuple.
         unsafe {
             let natts = (*desc).natts as usize;
-            let attributes = (*desc).attrs.as_slice(natts);
+            let attributes = crate::pg::tuple_desc_attrs(desc);
             let mut values = vec![pg_sys::Datum::from(0usize); natts];
             let mut nulls = vec![true; natts];
             for row in 0..self.count {
@@ -97,6 +102,8 @@ impl Rows {
         if is_null {
             return None;
         }
+        // SAFETY: column exists in the result (datum() asserted the row); SPI_datumTransfer copies
+        // into the context that was current when the SPI connection opened.
         unsafe {
             let type_oid = pg_sys::SPI_gettypeid((*self.table).tupdesc, column);
             let mut len = 0i16;
@@ -109,6 +116,7 @@ impl Rows {
     fn datum(&self, row: usize, column: i32) -> (pg_sys::Datum, bool) {
         assert!(row < self.count, "row {row} of {}", self.count);
         let mut is_null = false;
+        // SAFETY: row is below count (asserted); the tuple table lives until SPI closes.
         let datum = unsafe {
             let tuple = *(*self.table).vals.add(row);
             pg_sys::SPI_getbinval(tuple, (*self.table).tupdesc, column, &mut is_null)
@@ -123,6 +131,7 @@ thread_local! {
 
 /// The oid of relation `name` in schema eventstore (a syscache lookup, no SQL).
 pub fn relation(name: &std::ffi::CStr) -> pg_sys::Oid {
+    // SAFETY: syscache lookups by name; a missing schema raises an ERROR (missing_ok = false).
     unsafe {
         let namespace = pg_sys::get_namespace_oid(c"eventstore".as_ptr(), false);
         let oid = pg_sys::get_relname_relid(name.as_ptr(), namespace);
@@ -144,10 +153,11 @@ pub fn run(sql: &str, args: &[Arg], snapshot: Snapshot) -> Rows {
         args.iter().map(|a| a.value.unwrap_or(pg_sys::Datum::from(0usize))).collect();
     let nulls: Vec<std::ffi::c_char> =
         args.iter().map(|a| if a.value.is_some() { b' ' } else { b'n' } as std::ffi::c_char).collect();
+    // SAFETY: values and nulls have one entry per planned argument; the snapshot is fresh.
     let status = unsafe {
         match snapshot {
             // The mutant reads with the statement's snapshot, taken before any lock wait (trap 4).
-            Snapshot::Latest if cfg!(feature = "mutant_stale_snapshot") => {
+            Snapshot::Latest if crate::mutants::STALE_SNAPSHOT => {
                 pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), true, 0)
             }
             Snapshot::Latest => {
@@ -169,6 +179,7 @@ pub fn run(sql: &str, args: &[Arg], snapshot: Snapshot) -> Rows {
         }
     };
     assert!(status >= 0, "SPI failed with status {status} for: {sql}");
+    // SAFETY: SPI's globals describe the statement that just ran.
     unsafe { Rows { table: pg_sys::SPI_tuptable, count: pg_sys::SPI_processed as usize } }
 }
 
@@ -178,6 +189,7 @@ fn plan_for(sql: &str, args: &[Arg]) -> pg_sys::SPIPlanPtr {
     }
     let text = CString::new(sql).expect("statement text has no NUL byte");
     let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.type_oid).collect();
+    // SAFETY: text is NUL-terminated; types has one oid per argument.
     let plan = unsafe {
         let plan = pg_sys::SPI_prepare(text.as_ptr(), types.len() as i32, types.as_mut_ptr());
         assert!(!plan.is_null(), "could not prepare: {sql}");

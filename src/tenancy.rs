@@ -18,7 +18,9 @@ use std::ffi::CStr;
 
 use pgrx::pg_sys;
 
+use crate::checks::truncate;
 use crate::errors;
+use crate::mutants;
 use crate::query;
 
 /// The setting that binds a session to a tenant.
@@ -37,6 +39,7 @@ pub enum Scope {
 /// `eventstore.tenant` is not set: such a session may touch no instance at all.
 pub fn caller_scope() -> Scope {
     let events = query::relation(c"events");
+    // SAFETY: events is an existing relation; check_enable_rls only reads catalogs.
     let rls = unsafe { pg_sys::check_enable_rls(events, pg_sys::InvalidOid, true) };
     // RLS_NONE_ENV: the owner, a superuser or a BYPASSRLS role, for whom the policies do not
     // apply; RLS_ENABLED: a role the policies filter (whatever row_security says).
@@ -48,7 +51,7 @@ pub fn caller_scope() -> Scope {
         None => errors::raise(errors::NOT_ALLOWED,
             "this session is not bound to a tenant".into(),
             format!("Role \"{}\" is subject to tenant isolation and eventstore.tenant is not set.",
-                crate::push::current_user()),
+                current_user()),
             "SET eventstore.tenant (or SET LOCAL, behind a transaction pooler) to the tenant's \
              instance_id; an operator role that must see every tenant needs BYPASSRLS."),
     }
@@ -58,13 +61,13 @@ impl Scope {
     /// Refuses an instance outside the scope (42501). `what` names the call for the detail.
     pub fn check(&self, instance_id: &str, what: &str) {
         if let Scope::Tenant(tenant) = self {
-            if tenant != instance_id && !cfg!(feature = "mutant_no_tenant_check") {
+            if tenant != instance_id && !mutants::NO_TENANT_CHECK {
                 errors::raise(errors::NOT_ALLOWED,
                     format!("instance \"{}\" belongs to another tenant",
-                        crate::push::truncate(instance_id, 80)),
+                        truncate(instance_id, 80)),
                     format!("This session is bound to tenant \"{}\" (eventstore.tenant); {what} \
                              names instance \"{}\".",
-                        crate::push::truncate(tenant, 80), crate::push::truncate(instance_id, 80)),
+                        truncate(tenant, 80), truncate(instance_id, 80)),
                     "A session may only touch the instance of the tenant it is bound to.");
             }
         }
@@ -86,10 +89,13 @@ impl Scope {
 
 /// `eventstore.tenant`, when set and not empty.
 fn tenant_setting() -> Option<String> {
+    // SAFETY: GetConfigOption returns NULL or a NUL-terminated string owned by the GUC machinery,
+    // copied out below before anything could change it.
     let value = unsafe { pg_sys::GetConfigOption(TENANT_SETTING.as_ptr(), true, false) };
     if value.is_null() {
         return None;
     }
+    // SAFETY: as above; not NULL.
     let value = unsafe { CStr::from_ptr(value) }.to_string_lossy().into_owned();
     (!value.is_empty()).then_some(value)
 }
@@ -99,6 +105,8 @@ fn tenant_setting() -> Option<String> {
 /// DEFINER function would, and switches back. If `f` raises, the transaction's (or the caller's
 /// subtransaction's) abort restores the user, as it does for SECURITY DEFINER.
 pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: events exists (relation() asserts it); the relcache entry is opened and closed
+    // around one read of its owner.
     let owner = unsafe {
         let relation = pg_sys::RelationIdGetRelation(query::relation(c"events"));
         let owner = (*(*relation).rd_rel).relowner;
@@ -106,12 +114,21 @@ pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
         owner
     };
     let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0);
+    // SAFETY: the same switch SECURITY DEFINER makes; PostgreSQL's abort restores it on error.
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
         pg_sys::SetUserIdAndSecContext(owner,
             saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
     }
     let result = f();
+    // SAFETY: restores what was saved above.
     unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
     result
+}
+
+/// The name of the current user, for messages and as push's default creator.
+pub fn current_user() -> String {
+    // SAFETY: GetUserNameFromId returns a palloc'd copy of the name of an existing role.
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false)) }
+        .to_string_lossy().into_owned()
 }

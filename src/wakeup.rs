@@ -22,9 +22,10 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
+use crate::checks::{optional_identifier, require_identifier};
 use crate::errors;
+use crate::horizon;
 use crate::locks::{self, LockKey};
-use crate::push::require_identifier;
 use crate::query::{self, Arg, Snapshot};
 use crate::tenancy;
 
@@ -61,6 +62,7 @@ thread_local! {
 pub fn pushed(instance_ids: &[&str], highest_position: i64) {
     CALLBACK_REGISTERED.with_borrow_mut(|registered| {
         if !*registered {
+            // SAFETY: registers a plain function with no argument, once per backend.
             unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
             *registered = true;
         }
@@ -90,6 +92,7 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
             if let Some(payload) = payload.filter(|_| NOTIFY.get()) {
                 let channel = CString::new(CHANNEL).expect("no NUL in the channel name");
                 let payload = CString::new(payload).expect("JSON has no NUL");
+                // SAFETY: both are NUL-terminated strings that live across the call.
                 unsafe { Async_Notify(channel.as_ptr(), payload.as_ptr()) };
             }
         }
@@ -128,7 +131,7 @@ fn notification(pushed: &Pushed) -> String {
 #[pg_extern(sql = false)]
 fn wait_for_events(projection: Option<&str>, instance_id: Option<&str>, timeout_ms: Option<i32>) -> bool {
     let projection = require_identifier("projection", projection);
-    let instance_id = instance_id.map(|i| require_identifier("instance_id", Some(i)));
+    let instance_id = optional_identifier("instance_id", instance_id);
     let scope = tenancy::caller_scope();
     let instance_id = scope.resolve(instance_id, "wait_for_events");
     let timeout_ms = match timeout_ms {
@@ -140,6 +143,7 @@ fn wait_for_events(projection: Option<&str>, instance_id: Option<&str>, timeout_
     let started = std::time::Instant::now();
     let key = locks::start_waiting(instance_id);
     let found = loop {
+        // SAFETY: MyLatch is this backend's own latch.
         unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
         if tenancy::as_owner(|| query::with_spi(|| new_events(projection, instance_id))) {
             break true;
@@ -148,6 +152,7 @@ fn wait_for_events(projection: Option<&str>, instance_id: Option<&str>, timeout_
         if remaining <= 0 {
             break false;
         }
+        // SAFETY: waits on this backend's own latch, with a timeout and exit on postmaster death.
         unsafe {
             pg_sys::WaitLatch(pg_sys::MyLatch,
                 (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
@@ -175,7 +180,7 @@ SELECT EXISTS (SELECT FROM eventstore.events e
 /// snapshot taken now.
 fn new_events(projection: &str, instance_id: Option<&str>) -> bool {
     let sql = if instance_id.is_some() { NEW_EVENTS_OF_INSTANCE } else { NEW_EVENTS_OF_ALL };
-    let reachable = locks::horizon_without_waiting(instance_id).unwrap_or(i64::MAX);
+    let reachable = horizon::without_waiting(instance_id).unwrap_or(i64::MAX);
     let rows = query::run(sql, &[Arg::new(projection), Arg::new(instance_id), Arg::new(reachable)],
         Snapshot::Latest);
     rows.get::<bool>(0, 1).unwrap_or(false)

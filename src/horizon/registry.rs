@@ -1,28 +1,20 @@
-//! The horizon: a position at or below which every write has finished, so that a catch-up may
-//! hand out everything up to it and never skip an event that commits later (G4, G7).
+//! The horizon registry (horizon mode "registry", eventstore in shared_preload_libraries): a
+//! table in shared memory, one slot per backend, holding for each open write transaction the
+//! lowest position it drew (its floor) and the instances it writes. The horizon is the last
+//! drawn position, lowered below every floor in scope. Nobody waits: a writer takes an LWLock
+//! once per transaction, for a few instructions; a catch-up answers at once with everything below
+//! the lowest position still in flight; a transaction that writes no events is never registered,
+//! so it holds nothing back (unlike xid-snapshot horizons, trap 6).
 //!
-//! Two modes, chosen when the server starts; `eventstore.horizon_mode()` says which is active.
-//!
-//! - **barrier** (the library is loaded on demand): `locks::barrier` reads the last drawn
-//!   position, then waits for the transactions holding the writer key. Writers never wait for
-//!   it (trap 3), but a catch-up waits for the slowest writer of its instance.
-//! - **registry** (`shared_preload_libraries = 'eventstore'`): a table in shared memory, one
-//!   slot per backend, holds for each open write transaction the lowest position it drew (its
-//!   floor) and the instances it writes. The horizon is the last drawn position, lowered below
-//!   every floor in scope. Nobody waits: a writer takes an LWLock once per transaction, for a
-//!   few instructions; a catch-up answers at once with everything below the lowest position
-//!   still in flight; a transaction that writes no events is never registered, so it holds
-//!   nothing back (unlike xid-snapshot horizons, trap 6).
-//!
-//! Why the registry is exact: a transaction registers before any position of its own can be
-//! read back. Its first position is drawn while it holds the registry's lock exclusively, and its
-//! slot is filled before the lock is released; a later position is drawn after the slot exists
-//! and after the slot's scope was widened to cover it. A reader reads the last drawn position V
-//! first, then takes the lock and scans. Every position x <= V was drawn before V was read, so
-//! when the scan runs, the transaction that drew x either is registered with a floor <= x and a
-//! scope covering x (and the horizon stays below x), or has cleared its slot; it clears only in
-//! the commit or abort callback, which runs after its outcome is visible to every snapshot taken
-//! later, and the catch-up reads its batch under such a snapshot (query::Snapshot::Latest).
+//! Why it is exact: a transaction registers before any position of its own can be read back. Its
+//! first position is drawn while it holds the registry's lock exclusively, and its slot is
+//! filled before the lock is released; a later position is drawn after the slot exists and after
+//! the slot's scope was widened to cover it. A reader reads the last drawn position V first, then
+//! takes the lock and scans. Every position x <= V was drawn before V was read, so when the scan
+//! runs, the transaction that drew x either is registered with a floor <= x and a scope covering
+//! x (and the horizon stays below x), or has cleared its slot; it clears only in the commit or
+//! abort callback, which runs after its outcome is visible to every snapshot taken later, and
+//! the catch-up reads its batch under such a snapshot (query::Snapshot::Latest).
 //!
 //! The slot is cleared at commit and abort (both callbacks run after ProcArrayEndTransaction)
 //! and when the backend exits. PREPARE TRANSACTION is refused for a registered transaction: a
@@ -38,6 +30,7 @@ use pgrx::prelude::*;
 
 use crate::errors;
 use crate::locks;
+use crate::mutants;
 
 /// Which instances an open transaction writes events to: one (by its writer key's hash) or any.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -97,10 +90,13 @@ impl Slot {
 
 const TRANCHE: &CStr = c"eventstore_horizon";
 const SHMEM_NAME: &CStr = c"eventstore horizon registry";
-/// PostgreSQL 15's AddinShmemInitLock: MainLWLockArray[21] (lwlocknames.txt).
-const ADDIN_SHMEM_INIT_LOCK: usize = 21;
+/// The name PostgreSQL gives AddinShmemInitLock among its individual LWLocks.
+const ADDIN_SHMEM_INIT_LOCK_NAME: &CStr = c"AddinShmemInit";
 
-/// The shared registry, set in the postmaster when preloaded and inherited by every backend.
+// The shared registry, set in the postmaster when preloaded and inherited by every backend.
+// Written only by attach_shared_memory (in the postmaster, before any backend exists) and by
+// init (in _PG_init, single-threaded); every backend only reads them afterwards. The slots
+// themselves are read and written only under LOCK (see Locked).
 static mut SLOTS: *mut Slot = std::ptr::null_mut();
 static mut SLOT_COUNT: usize = 0;
 static mut LOCK: *mut pg_sys::LWLock = std::ptr::null_mut();
@@ -116,6 +112,7 @@ thread_local! {
 /// From `_PG_init`: asks for the registry's shared memory when preloaded; otherwise nothing,
 /// and the barrier stays in charge.
 pub fn init() {
+    // SAFETY: _PG_init runs once per process, single-threaded, before any hook can be called.
     unsafe {
         if !pg_sys::process_shared_preload_libraries_in_progress {
             return;
@@ -128,12 +125,15 @@ pub fn init() {
 }
 
 fn slot_count() -> usize {
-    // Backend ids run from 1 to MaxBackends.
+    // Backend numbers run from 1 to MaxBackends.
+    // SAFETY: MaxBackends is set before shared memory is sized and never changes afterwards.
     unsafe { pg_sys::MaxBackends as usize + 1 }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn request_shared_memory() {
+    // SAFETY: called by the postmaster while shared memory is being sized; the previous hook is
+    // the one we replaced in init.
     unsafe {
         if let Some(previous) = PREVIOUS_REQUEST_HOOK {
             pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| previous());
@@ -145,11 +145,14 @@ unsafe extern "C-unwind" fn request_shared_memory() {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn attach_shared_memory() {
+    // SAFETY: called once in the postmaster after shared memory exists, before any backend
+    // runs; ShmemInitStruct returns memory of the size we asked for, initialized here once
+    // under AddinShmemInitLock as PostgreSQL asks of extensions.
     unsafe {
         if let Some(previous) = PREVIOUS_STARTUP_HOOK {
             pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| previous());
         }
-        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(ADDIN_SHMEM_INIT_LOCK)).lock;
+        let init_lock = addin_shmem_init_lock();
         pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let count = slot_count();
         let mut found = false;
@@ -167,15 +170,29 @@ unsafe extern "C-unwind" fn attach_shared_memory() {
     }
 }
 
-/// Whether the registry is in charge of the horizon (the library was preloaded).
-pub fn is_active() -> bool {
-    unsafe { !SLOTS.is_null() }
+/// AddinShmemInitLock, found by its name among PostgreSQL's individual LWLocks (whose tranche
+/// id is their index), so that no version's index is hard-coded.
+///
+/// # Safety
+/// Call only after the main LWLock array exists (from a shmem startup hook or later).
+unsafe fn addin_shmem_init_lock() -> *mut pg_sys::LWLock {
+    for index in 0..pg_sys::NUM_INDIVIDUAL_LWLOCKS {
+        // SAFETY: GetLWLockIdentifier returns a static name for every individual LWLock's
+        // tranche id; index is within the individual locks of MainLWLockArray.
+        unsafe {
+            let name = pg_sys::GetLWLockIdentifier(pg_sys::PG_WAIT_LWLOCK, index as u16);
+            if !name.is_null() && CStr::from_ptr(name) == ADDIN_SHMEM_INIT_LOCK_NAME {
+                return &raw mut (*pg_sys::MainLWLockArray.add(index as usize)).lock;
+            }
+        }
+    }
+    panic!("PostgreSQL has no LWLock named {ADDIN_SHMEM_INIT_LOCK_NAME:?}")
 }
 
-/// `eventstore.horizon_mode()`: `'registry'` when preloaded, else `'barrier'`.
-#[pg_extern(sql = false)]
-fn horizon_mode() -> &'static str {
-    if is_active() { "registry" } else { "barrier" }
+/// Whether the registry is in charge of the horizon (the library was preloaded).
+pub fn is_active() -> bool {
+    // SAFETY: SLOTS is written only before any backend runs (see its declaration).
+    unsafe { !SLOTS.is_null() }
 }
 
 /// Holds the registry's lock until dropped (also released by PostgreSQL when an error aborts).
@@ -183,29 +200,42 @@ struct Locked;
 
 impl Locked {
     fn exclusive() -> Locked {
+        // SAFETY: LOCK is the registry's LWLock, set when the registry is active (every caller
+        // checks is_active first); PostgreSQL releases it if an error aborts meanwhile.
         unsafe { pg_sys::LWLockAcquire(LOCK, pg_sys::LWLockMode::LW_EXCLUSIVE) };
         Locked
     }
 
     fn shared() -> Locked {
+        // SAFETY: as in exclusive.
         unsafe { pg_sys::LWLockAcquire(LOCK, pg_sys::LWLockMode::LW_SHARED) };
         Locked
     }
 
+    /// This backend's slot. Only this backend writes it, and only while it holds the lock
+    /// exclusively; `&mut` from `&self` is sound because the guard proves the lock is held and
+    /// each caller keeps the reference only while it holds the guard.
     #[allow(clippy::mut_from_ref)]
     fn my_slot(&self) -> &mut Slot {
-        let id = unsafe { pg_sys::MyBackendId } as usize;
-        assert!(id >= 1 && id < unsafe { SLOT_COUNT }, "backend id {id} outside the horizon registry");
-        unsafe { &mut *SLOTS.add(id) }
+        let number = crate::pg::my_proc_number();
+        // SAFETY: SLOT_COUNT is fixed before any backend runs.
+        let count = unsafe { SLOT_COUNT };
+        assert!(number >= 1 && number < count, "backend number {number} outside the horizon registry");
+        // SAFETY: number is within the SLOT_COUNT slots of the shared array, and the slot is
+        // only touched under the lock this guard holds.
+        unsafe { &mut *SLOTS.add(number) }
     }
 
     fn slots(&self) -> &[Slot] {
+        // SAFETY: SLOTS points to SLOT_COUNT initialized slots; they change only under the
+        // exclusive lock, which no one holds while this guard holds the lock.
         unsafe { std::slice::from_raw_parts(SLOTS, SLOT_COUNT) }
     }
 }
 
 impl Drop for Locked {
     fn drop(&mut self) {
+        // SAFETY: the guard exists only while this backend holds LOCK.
         unsafe { pg_sys::LWLockRelease(LOCK) };
     }
 }
@@ -265,6 +295,7 @@ pub fn register_writer(scope: Scope, last_drawn: impl FnOnce() -> i64) {
 }
 
 fn register(slot: &mut Slot, floor: i64, scope: Scope) {
+    // SAFETY: MyDatabaseId is set once at backend start and only read afterwards.
     slot.database = unsafe { pg_sys::MyDatabaseId };
     slot.floor = floor;
     set_scope(slot, scope);
@@ -286,10 +317,11 @@ fn set_scope(slot: &mut Slot, scope: Scope) {
 /// whose scope concerns the reader. Never waits (beyond the registry's LWLock).
 pub fn horizon(instance_id: Option<&str>, last_drawn: impl FnOnce() -> i64) -> i64 {
     let last = last_drawn();
-    if cfg!(feature = "mutant_registry_ignored") {
+    if mutants::REGISTRY_IGNORED {
         return last;
     }
     let reader = instance_id.map(Scope::instance);
+    // SAFETY: as in register.
     let database = unsafe { pg_sys::MyDatabaseId };
     let locked = Locked::shared();
     let lowest_floor = locked.slots().iter()
@@ -308,6 +340,7 @@ fn set_callbacks() {
     if CALLBACKS_SET.get() {
         return;
     }
+    // SAFETY: registers plain functions with no argument, once per backend.
     unsafe {
         pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
         pg_sys::before_shmem_exit(Some(at_exit), pg_sys::Datum::from(0usize));
@@ -349,6 +382,7 @@ unsafe extern "C-unwind" fn at_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum)
     // A backend exits with its transaction aborted (prepared ones are refused), so its positions
     // never commit: no reader can skip one of them. A FATAL error may come while we hold the lock
     // (the transaction's abort, which would release it, runs after this hook).
+    // SAFETY: LOCK is valid when the registry is active; we release it only if we hold it.
     unsafe {
         if is_active() && pg_sys::LWLockHeldByMe(LOCK) {
             pg_sys::LWLockRelease(LOCK);

@@ -1,0 +1,375 @@
+//! Reading commands from either form push takes (an `eventstore.command[]`, or a JSON array of
+//! command objects) and checking every field (G9): each bad input is refused with a SQLSTATE,
+//! message, detail naming the command, and hint, before the first lock or write.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::AnyArray;
+
+use crate::checks::{check_identifier, truncate};
+use crate::errors::{self, Refusal};
+use crate::query::{self, Arg, Snapshot};
+
+/// Most commands one push accepts.
+pub const MAX_BATCH: usize = 10_000;
+/// Largest payload, in bytes of its jsonb form.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// One command, checked.
+pub struct Command {
+    pub instance_id: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub revision: i16,
+    pub payload: Option<pg_sys::Datum>,
+    pub creator: Option<String>,
+    pub owner: Option<String>,
+    pub expected_sequence: Option<i64>,
+}
+
+/// The fields of a command before checking, from either form.
+#[derive(Default)]
+struct RawCommand {
+    instance_id: Option<String>,
+    aggregate_type: Option<String>,
+    aggregate_id: Option<String>,
+    event_type: Option<String>,
+    revision: Option<i64>,
+    payload: Option<pg_sys::Datum>,
+    creator: Option<String>,
+    owner: Option<String>,
+    expected_sequence: Option<i64>,
+}
+
+impl RawCommand {
+    fn check(self) -> Result<Command, Refusal> {
+        let required = |field: &str, value: Option<String>| -> Result<String, Refusal> {
+            let value = value.ok_or_else(|| Refusal::new(errors::NULL_VALUE,
+                format!("{field} must not be NULL"), format!("{field} is NULL or missing."),
+                "Every command needs instance_id, aggregate_type, aggregate_id and event_type."))?;
+            check_identifier(field, &value)?;
+            Ok(value)
+        };
+        let optional = |field: &str, value: Option<String>| -> Result<Option<String>, Refusal> {
+            if let Some(v) = &value {
+                check_identifier(field, v)?;
+            }
+            Ok(value)
+        };
+        let revision = match self.revision {
+            None => 1,
+            Some(r) if (1..=i16::MAX as i64).contains(&r) => r as i16,
+            Some(r) => return Err(Refusal::new(errors::INVALID_VALUE,
+                "revision is out of range".into(),
+                format!("revision is {r}; it must be between 1 and {}.", i16::MAX), "")),
+        };
+        if let Some(e) = self.expected_sequence.filter(|e| *e < 0) {
+            return Err(Refusal::new(errors::INVALID_VALUE, "expected_sequence is negative".into(),
+                format!("expected_sequence is {e}."),
+                "Use 0 for an aggregate that must not exist yet, NULL for no check."));
+        }
+        if let Some(payload) = self.payload {
+            check_payload(payload)?;
+        }
+        Ok(Command {
+            instance_id: required("instance_id", self.instance_id)?,
+            aggregate_type: required("aggregate_type", self.aggregate_type)?,
+            aggregate_id: required("aggregate_id", self.aggregate_id)?,
+            event_type: required("event_type", self.event_type)?,
+            revision,
+            payload: self.payload,
+            creator: optional("creator", self.creator)?,
+            owner: optional("owner", self.owner)?,
+            expected_sequence: self.expected_sequence,
+        })
+    }
+}
+
+/// A payload is a JSON object of at most MAX_PAYLOAD_BYTES.
+fn check_payload(payload: pg_sys::Datum) -> Result<(), Refusal> {
+    // SAFETY: payload is a non-NULL jsonb datum (the command's payload field); detoasting it
+    // gives a varlena whose header and root container header can be read.
+    unsafe {
+        let jsonb = pg_sys::pg_detoast_datum(payload.cast_mut_ptr());
+        let size = pgrx::varsize_any(jsonb as *const pg_sys::varlena);
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(Refusal::new(errors::TOO_LARGE, "payload is too large".into(),
+                format!("The payload has {size} bytes; the limit is {MAX_PAYLOAD_BYTES}."),
+                "Store large documents elsewhere and put a reference in the event."));
+        }
+        if jsonb_root_header(jsonb) & JB_FOBJECT == 0 {
+            return Err(Refusal::new(errors::INVALID_VALUE, "payload must be a JSON object".into(),
+                "The payload is an array or a scalar.".into(),
+                "Wrap the value in an object, or pass NULL for no payload."));
+        }
+    }
+    Ok(())
+}
+
+fn check_batch_size(len: usize) {
+    if len == 0 {
+        errors::raise(errors::INVALID_VALUE, "push needs at least one command".into(),
+            "The batch is empty.".into(), "");
+    }
+    if len > MAX_BATCH {
+        errors::raise(errors::TOO_LARGE, "too many commands in one push".into(),
+            format!("The batch has {len} commands; the limit is {MAX_BATCH}."),
+            "Split the batch; each push is atomic on its own.");
+    }
+}
+
+/// Reads and checks the elements of an eventstore.command[].
+pub fn commands_from_array(array: AnyArray) -> Vec<Command> {
+    // SAFETY: array is a non-NULL array datum (SQL declares the argument eventstore.command[]);
+    // deconstruct_array fills `count` elements and null flags, read only below that count, and
+    // each non-NULL element is a composite datum of eventstore.command.
+    unsafe {
+        let array_ptr = pg_sys::pg_detoast_datum(array.datum().cast_mut_ptr()) as *mut pg_sys::ArrayType;
+        let element_type = (*array_ptr).elemtype;
+        let (mut len, mut by_val, mut align) = (0i16, false, 0 as std::ffi::c_char);
+        pg_sys::get_typlenbyvalalign(element_type, &mut len, &mut by_val, &mut align);
+        let mut elements: *mut pg_sys::Datum = std::ptr::null_mut();
+        let mut nulls: *mut bool = std::ptr::null_mut();
+        let mut count = 0;
+        pg_sys::deconstruct_array(array_ptr, element_type, len.into(), by_val, align,
+            &mut elements, &mut nulls, &mut count);
+        let count = count as usize;
+        check_batch_size(count);
+        let mut commands = Vec::with_capacity(count);
+        for n in 0..count {
+            if *nulls.add(n) {
+                Refusal::new(errors::NULL_VALUE, "a command must not be NULL".into(),
+                    "The command is NULL.".into(), "").at(n).raise();
+            }
+            let raw = raw_from_composite(*elements.add(n));
+            commands.push(raw.check().unwrap_or_else(|r| r.at(n).raise()));
+        }
+        commands
+    }
+}
+
+/// The fields of one eventstore.command composite.
+///
+/// # Safety
+/// `datum` must be a non-NULL composite datum of type eventstore.command.
+unsafe fn raw_from_composite(datum: pg_sys::Datum) -> RawCommand {
+    // SAFETY: by the caller's promise the datum is a composite of eventstore.command: its
+    // header names the row type, whose descriptor (reference-counted, released below) has
+    // FIELDS attributes (asserted), so heap_deform_tuple fills exactly the arrays given.
+    unsafe { raw_from_composite_fields(datum) }
+}
+
+/// # Safety
+/// As for [`raw_from_composite`].
+unsafe fn raw_from_composite_fields(datum: pg_sys::Datum) -> RawCommand {
+    const FIELDS: usize = 9;
+    let header = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as pg_sys::HeapTupleHeader;
+    let type_id = pgrx::heap_tuple_header_get_type_id(header);
+    let typmod = pgrx::heap_tuple_header_get_typmod(header);
+    let tupdesc = pg_sys::lookup_rowtype_tupdesc(type_id, typmod);
+    let mut tuple = pg_sys::HeapTupleData {
+        t_len: pgrx::heap_tuple_header_get_datum_length(header) as u32,
+        t_self: pg_sys::ItemPointerData::default(),
+        t_tableOid: pg_sys::InvalidOid,
+        t_data: header,
+    };
+    let mut values = [pg_sys::Datum::from(0usize); FIELDS];
+    let mut nulls = [true; FIELDS];
+    assert_eq!((*tupdesc).natts as usize, FIELDS, "eventstore.command has {FIELDS} fields");
+    pg_sys::heap_deform_tuple(&mut tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+    pg_sys::DecrTupleDescRefCount(tupdesc);
+    let text = |i: usize| String::from_datum(values[i], nulls[i]);
+    RawCommand {
+        instance_id: text(0),
+        aggregate_type: text(1),
+        aggregate_id: text(2),
+        event_type: text(3),
+        revision: i16::from_datum(values[4], nulls[4]).map(i64::from),
+        payload: (!nulls[5]).then_some(values[5]),
+        creator: text(6),
+        owner: text(7),
+        expected_sequence: i64::from_datum(values[8], nulls[8]),
+    }
+}
+
+/// A jsonb argument taken as it is: never converted to text or parsed by us, so payloads keep
+/// their exact numbers and any nesting PostgreSQL accepts.
+pub struct JsonbDatum(pub pg_sys::Datum);
+
+impl FromDatum for JsonbDatum {
+    // SAFETY (for callers): the datum is kept as it is; nothing is read here.
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
+        (!is_null).then_some(JsonbDatum(datum))
+    }
+}
+
+// SAFETY: JsonbDatum is declared as jsonb to SQL and unboxed through FromDatum, which only
+// wraps the datum; pgrx checks the argument's nullness with the Option around it.
+unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for JsonbDatum {
+    unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
+        // SAFETY: pgrx calls this only for a non-NULL argument.
+        unsafe { arg.unbox_arg_using_from_datum().expect("a non-NULL jsonb") }
+    }
+}
+
+pgrx::impl_sql_translatable!(JsonbDatum, "jsonb");
+
+const JB_FSCALAR: u32 = 0x1000_0000;
+const JB_FOBJECT: u32 = 0x2000_0000;
+const JB_FARRAY: u32 = 0x4000_0000;
+const JB_CMASK: u32 = 0x0FFF_FFFF;
+
+/// The header of a jsonb value's root container: its kind flags and element count
+/// (utils/jsonb.h: a varlena header, then the root JsonbContainer's `header` word).
+///
+/// # Safety
+/// `jsonb` must point to a detoasted jsonb value.
+unsafe fn jsonb_root_header(jsonb: *const pg_sys::varlena) -> u32 {
+    // SAFETY: a detoasted jsonb has a 4-byte varlena header followed by the u32 root header.
+    unsafe { *(jsonb as *const u8).add(pg_sys::VARHDRSZ).cast::<u32>() }
+}
+
+/// Every field of every command, one row per (command, field); a command that is not an
+/// object, or an empty one, has one row with NULL key.
+const JSON_COMMAND_FIELDS: &str = "\
+SELECT e.n, jsonb_typeof(e.c), f.key, jsonb_typeof(f.value), f.value #>> '{}', f.value
+  FROM jsonb_array_elements($1) WITH ORDINALITY AS e(c, n)
+  LEFT JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(e.c) = 'object' THEN e.c END) AS f ON true
+ ORDER BY e.n";
+
+/// Reads and checks a JSON array of command objects with PostgreSQL's own jsonb functions.
+/// Payloads stay jsonb datums: no conversion, no depth limit, numbers exactly as given.
+pub fn commands_from_json(commands: pg_sys::Datum) -> Vec<Command> {
+    // SAFETY: commands is a non-NULL jsonb datum (the function's declared argument type).
+    let header = unsafe { jsonb_root_header(pg_sys::pg_detoast_datum(commands.cast_mut_ptr())) };
+    if header & JB_FARRAY == 0 || header & JB_FSCALAR != 0 {
+        let kind = query::with_spi(|| {
+            query::run("SELECT jsonb_typeof($1)", &[Arg::raw(pg_sys::JSONBOID, Some(commands))],
+                Snapshot::Statement).get::<String>(0, 1).unwrap_or_default()
+        });
+        errors::raise(errors::INVALID_VALUE, "commands must be a JSON array".into(),
+            format!("The jsonb is {}.", json_kind(&kind)), "Pass [{\"instance_id\": ...}, ...].")
+    }
+    check_batch_size((header & JB_CMASK) as usize);
+    query::with_spi(|| {
+        let rows = query::run(JSON_COMMAND_FIELDS, &[Arg::raw(pg_sys::JSONBOID, Some(commands))],
+            Snapshot::Statement);
+        let mut commands = Vec::new();
+        let mut raw = RawCommand::default();
+        for r in 0..rows.len() {
+            let n = rows.get::<i64>(r, 1).expect("ordinality") as usize - 1;
+            let refused = |refusal: Refusal| -> ! { refusal.at(n).raise() };
+            let kind = rows.get::<String>(r, 2).unwrap_or_default();
+            if kind != "object" {
+                refused(Refusal::new(errors::INVALID_VALUE, "a command must be a JSON object".into(),
+                    format!("The command is {}.", json_kind(&kind)), ""));
+            }
+            if let Some(key) = rows.get::<String>(r, 3) {
+                let value_kind = rows.get::<String>(r, 4).unwrap_or_default();
+                let text = rows.get::<String>(r, 5);
+                read_json_field(&mut raw, &key, &value_kind, text, || rows.transfer(r, 6))
+                    .unwrap_or_else(|refusal| refused(refusal));
+            }
+            let last_of_command = r + 1 == rows.len() || rows.get::<i64>(r + 1, 1) != Some(n as i64 + 1);
+            if last_of_command {
+                commands.push(std::mem::take(&mut raw).check().unwrap_or_else(|refusal| refused(refusal)));
+            }
+        }
+        commands
+    })
+}
+
+/// "an object", "a string", ... for jsonb_typeof's answer.
+fn json_kind(kind: &str) -> String {
+    match kind {
+        "array" | "object" => format!("an {kind}"),
+        "null" => "null".into(),
+        other => format!("a {other}"),
+    }
+}
+
+/// One field of a JSON command into the raw command, checked for its JSON type.
+fn read_json_field(
+    raw: &mut RawCommand,
+    key: &str,
+    kind: &str,
+    text: Option<String>,
+    payload: impl FnOnce() -> Option<pg_sys::Datum>,
+) -> Result<(), Refusal> {
+    let wrong_type = |expected: &str| Refusal::new(errors::INVALID_VALUE,
+        format!("{key} must be {expected}"), format!("{key} is {}.", json_kind(kind)), "");
+    let string = || match kind {
+        "null" => Ok(None),
+        "string" => Ok(text.clone()),
+        _ => Err(wrong_type("a string")),
+    };
+    let integer = || match kind {
+        "null" => Ok(None),
+        "number" => integral(text.as_deref().unwrap_or_default()).map(Some).ok_or_else(|| Refusal::new(
+            errors::INVALID_VALUE, format!("{key} must be an integer"),
+            format!("{key} is {}.", truncate(text.as_deref().unwrap_or_default(), 64)), "")),
+        _ => Err(wrong_type("an integer")),
+    };
+    match key {
+        "instance_id" => raw.instance_id = string()?,
+        "aggregate_type" => raw.aggregate_type = string()?,
+        "aggregate_id" => raw.aggregate_id = string()?,
+        "event_type" => raw.event_type = string()?,
+        "creator" => raw.creator = string()?,
+        "owner" => raw.owner = string()?,
+        "revision" => raw.revision = integer()?,
+        "expected_sequence" => raw.expected_sequence = integer()?,
+        "payload" => raw.payload = if kind == "null" { None } else { payload() },
+        _ => return Err(Refusal::new(errors::INVALID_VALUE,
+            format!("unknown field \"{}\"", truncate(key, 64)),
+            "A command has the fields instance_id, aggregate_type, aggregate_id, event_type, \
+             revision, payload, creator, owner and expected_sequence.".into(), "Check the spelling.")),
+    }
+    Ok(())
+}
+
+/// A JSON number that is a 64-bit integer: 3 and 3.0 alike (some encoders write every number
+/// as a float); 3.5, 1e1000 and 2^63 are not.
+fn integral(number: &str) -> Option<i64> {
+    number.parse::<i64>().ok().or_else(|| {
+        number.parse::<f64>().ok()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= (1u64 << 53) as f64)
+            .map(|f| f as i64)
+    })
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    #[pg_test]
+    fn a_payload_must_be_an_object() {
+        let payload = |json: &str| pgrx::JsonB(serde_json::from_str(json).unwrap()).into_datum().unwrap();
+        assert!(check_payload(payload(r#"{"a": 1}"#)).is_ok());
+        assert!(check_payload(payload("[1]")).is_err());
+        assert!(check_payload(payload("\"text\"")).is_err());
+        assert!(check_payload(payload("null")).is_err());
+    }
+
+    #[pg_test]
+    fn json_numbers_pass_through_exactly() {
+        let position = Spi::get_one::<i64>(
+            r#"SELECT position FROM eventstore.push('[{"instance_id": "t", "aggregate_type": "a",
+                 "aggregate_id": "1", "event_type": "e", "payload": {"n": 12345678901234567890.50}}]'::jsonb)"#,
+        ).unwrap().unwrap();
+        let payload = Spi::get_one::<String>(
+            &format!("SELECT payload::text FROM eventstore.events WHERE position = {position}"));
+        assert_eq!(payload, Ok(Some(r#"{"n": 12345678901234567890.50}"#.to_string())));
+    }
+
+    #[pg_test]
+    fn json_integers_may_be_written_as_floats() {
+        assert_eq!(integral("3.0"), Some(3));
+        assert_eq!(integral("3"), Some(3));
+        assert_eq!(integral("3.5"), None);
+        assert_eq!(integral("1e1000"), None);
+        assert_eq!(integral("9223372036854775808"), None);
+    }
+}
