@@ -61,6 +61,14 @@ CREATE TYPE eventstore.command AS (
 COMMENT ON TYPE eventstore.command IS
     'One event to append. Build it with eventstore.command(...).';
 
+-- command()'s revision, checked as push checks it (22023 outside 1..32767), as a smallint.
+CREATE FUNCTION eventstore.checked_revision(revision integer) RETURNS smallint
+LANGUAGE c IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'checked_revision_wrapper';
+COMMENT ON FUNCTION eventstore.checked_revision(integer) IS
+    'A revision as eventstore.command stores it: NULL, or 1..32767 (22023 otherwise).';
+
 CREATE FUNCTION eventstore.command(
     instance_id       text,
     aggregate_type    text,
@@ -77,7 +85,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 -- it means, and without a SET clause the planner inlines it into the caller's query (a SET
 -- clause would make every call parse and plan it anew).
 RETURN ROW(instance_id, aggregate_type, aggregate_id, event_type,
-           CAST(revision AS pg_catalog.int2), payload, creator, owner, expected_sequence
+           eventstore.checked_revision(revision), payload, creator, owner, expected_sequence
           )::eventstore.command;
 COMMENT ON FUNCTION eventstore.command(text, text, text, text, jsonb, integer, text, text, bigint) IS
     'Builds an eventstore.command. creator defaults to current_user, owner to the aggregate''s '
@@ -301,6 +309,7 @@ GRANT EXECUTE ON FUNCTION eventstore.horizon_mode()
 GRANT USAGE ON TYPE eventstore.command, eventstore.pushed TO eventstore_writer;
 GRANT EXECUTE ON FUNCTION
     eventstore.command(text, text, text, text, jsonb, integer, text, text, bigint),
+    eventstore.checked_revision(integer),
     eventstore.push(eventstore.command[]),
     eventstore.push(jsonb),
     eventstore.push(text),

@@ -93,7 +93,13 @@ fn lock_projection(projection: Option<&str>, instance_id: Option<&str>, wait: Op
     let projection = require_identifier("projection", projection);
     let instance_id = optional_identifier("instance_id", instance_id);
     let scope = tenancy::caller_scope();
-    locks::lock_projection_key(projection, scope.resolve(instance_id, "lock_projection"), wait.unwrap_or(false))
+    let instance_id = scope.resolve(instance_id, "lock_projection");
+    let wait = wait.unwrap_or(false);
+    if wait {
+        // A catch-up holding the projection may be waiting for this transaction's writes.
+        horizon::refuse_while_writing();
+    }
+    locks::lock_projection_key(projection, instance_id, wait)
 }
 
 /// Reads the next batch and advances the checkpoint; `None` when there is nothing new.

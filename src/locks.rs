@@ -1,17 +1,29 @@
-//! The only module that knows lock keys. Every lock is a transaction-scoped advisory lock in
-//! the two-int4 key space of `pg_advisory_xact_lock(int, int)`, so it ends with the
-//! transaction whatever happens (safe behind a transaction-pooling PgBouncer), and each family
-//! has its own class id as the first key, so families never collide with each other or with an
-//! application's own advisory locks that avoid these ids (DESIGN.md trap 7).
+//! The only module that knows lock keys. Every lock is a transaction-scoped advisory lock, so it
+//! ends with the transaction whatever happens (safe behind a transaction-pooling PgBouncer).
 //!
-//! | family      | class id   | second key                                               | mode      |
-//! |-------------|------------|----------------------------------------------------------|-----------|
-//! | all writers | 1163067393 | 0                                                        | shared    |
-//! | writer      | 1163067394 | hashtext(instance_id)                                    | shared    |
-//! | projection  | 1163067395 | hashtext(coalesce(instance_id, '') ‖ '/' ‖ projection)   | exclusive |
-//! | aggregate   | 1163067396 | hashtext(instance_id ‖ '/' ‖ aggregate_type ‖ '/' ‖ id) | exclusive |
-//! | counter     | 1163067397 | hashtext(tenant ‖ '/' ‖ scope)                           | exclusive |
-//! | waiter      | 1163067398 | hashtext(coalesce(instance_id, ''))                      | shared    |
+//! Keys are built natively as advisory lock tags (pg_locks shows them with locktype
+//! `advisory`): the database in `field1`, 64 bits of a SHA-256 digest in `field2` (classid) and
+//! `field3` (objid), and the family in `field4` (objsubid). `pg_advisory_lock` and friends only
+//! ever put 1 or 2 in `field4`, so no application advisory lock can collide with ours (trap 7),
+//! and each family has a value of its own.
+//!
+//! The digest is taken over an unambiguous encoding of the names, tenant first: for each name
+//! a marker byte (0 for a name, 1 for "none": a global projection, every instance) and, for a
+//! name, its length as 4 bytes big-endian and its UTF-8 bytes. Joining names with a separator
+//! would let `a/b` + `c` equal `a` + `b/c` with no search at all; 32-bit hashes of names
+//! collide after a few seconds of offline search (trap 13). With 64 bits of SHA-256, finding a
+//! name of one tenant whose key equals a given key of another tenant takes about 2^64 digests:
+//! one tenant cannot hold another's lock. A collision between names a tenant chooses itself
+//! (about 2^32 tries) only makes two of its own keys wait for each other.
+//!
+//! | family      | field4 (objsubid) | names digested                    | mode                          |
+//! |-------------|-------------------|-----------------------------------|-------------------------------|
+//! | all writers | 17665             | none (key 0)                      | shared; exclusive for a bulk push to more than 64 instances |
+//! | writer      | 17666             | instance                          | shared; exclusive for a bulk push |
+//! | projection  | 17667             | instance or none, projection      | exclusive                     |
+//! | aggregate   | 17668             | instance, aggregate type, id      | exclusive                     |
+//! | counter     | 17669             | tenant, scope                     | exclusive                     |
+//! | waiter      | 17670             | instance or none                  | shared                        |
 //!
 //! Writers share their keys; the barrier (src/horizon/barrier.rs) never takes one, it waits for
 //! their holders. Keys are taken in sorted order within a call (trap 11).
@@ -19,96 +31,97 @@
 //! This module knows keys and the lock manager, nothing else: it calls no other module of
 //! eventstore but the mutant switches and the version differences.
 //!
-//! A bulk push (more than [`MAX_LOCKS_PER_PUSH`] distinct instances and aggregates) takes the
-//! all-writers key exclusively instead of one lock each: an import of 10,000 aggregates then
+//! A bulk push (more than [`MAX_LOCKS_PER_PUSH`] distinct aggregates) takes its instance's
+//! writer key exclusively instead of one lock per aggregate: an import of 10,000 aggregates
 //! holds one lock, not 10,000 (which would exhaust the shared lock table), at the price of
-//! running alone among writers. Barriers wait for it as well.
+//! running alone among the writers of its instance. Other tenants never wait for it (G11).
+
+use sha2::{Digest, Sha256};
 
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 
 use crate::mutants;
 
-/// Shared by every push, whatever its instance: the key a global barrier waits on.
-pub const ALL_WRITERS_CLASS: i32 = 0x4553_0001;
-/// Shared by every push to one instance: the key a per-instance barrier waits on.
-pub const WRITER_CLASS: i32 = 0x4553_0002;
-/// Exclusive: one transaction at a time runs a projection (G6).
-pub const PROJECTION_CLASS: i32 = 0x4553_0003;
-/// Exclusive: one transaction at a time appends to an aggregate (G2).
-pub const AGGREGATE_CLASS: i32 = 0x4553_0004;
+/// A family of keys: the value in the tag's `field4` (pg_locks.objsubid).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+#[repr(u16)]
+pub enum Family {
+    /// Shared by every push, whatever its instance: the key a global barrier waits on.
+    AllWriters = 0x4501,
+    /// Shared by every push to one instance: the key a per-instance barrier waits on.
+    Writer = 0x4502,
+    /// Exclusive: one transaction at a time runs a projection (G6).
+    Projection = 0x4503,
+    /// Exclusive: one transaction at a time appends to an aggregate (G2).
+    Aggregate = 0x4504,
+    /// Exclusive: one transaction at a time draws from a counter (next_number).
+    Counter = 0x4505,
+    /// Shared, by sessions sleeping in wait_for_events: how a committing writer finds them.
+    Waiter = 0x4506,
+}
 
-/// Exclusive: one transaction at a time draws from a counter (next_number).
-pub const COUNTER_CLASS: i32 = 0x4553_0005;
-/// Shared, by sessions sleeping in wait_for_events: how a committing writer finds them.
-pub const WAITER_CLASS: i32 = 0x4553_0006;
-
-/// An advisory lock key: (class id, hash).
+/// An advisory lock key: a family and 64 bits of digest.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub struct LockKey {
-    pub class: i32,
-    pub hash: i32,
+    pub family: Family,
+    pub digest: u64,
 }
 
 impl LockKey {
+    /// The key of `family` for `names` (tenant first; `None` for "every instance").
+    fn of(family: Family, names: &[Option<&str>]) -> LockKey {
+        let mut hasher = Sha256::new();
+        for name in names {
+            match name {
+                Some(name) => {
+                    hasher.update([0u8]);
+                    hasher.update((name.len() as u32).to_be_bytes());
+                    hasher.update(name.as_bytes());
+                }
+                None => hasher.update([1u8]),
+            }
+        }
+        let digest = hasher.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        LockKey { family, digest: u64::from_be_bytes(first) }
+    }
+
     fn tag(self) -> pg_sys::LOCKTAG {
-        // SET_LOCKTAG_INT32: the tag pg_advisory_xact_lock(int4, int4) builds.
         pg_sys::LOCKTAG {
             // SAFETY: MyDatabaseId is set once at backend start and only read afterwards.
             locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-            locktag_field2: self.class as u32,
-            locktag_field3: self.hash as u32,
-            locktag_field4: 2,
+            locktag_field2: (self.digest >> 32) as u32,
+            locktag_field3: self.digest as u32,
+            locktag_field4: self.family as u16,
             locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
             locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
         }
     }
 }
 
-/// PostgreSQL's `hashtext` (under the default collation), so every key can be computed in SQL
-/// as well.
-fn hashtext(text: &str) -> i32 {
-    #[repr(C)]
-    struct OneArgCall {
-        base: pg_sys::FunctionCallInfoBaseData,
-        arg: pg_sys::NullableDatum,
-    }
-    let datum = text.into_datum().expect("text is not NULL");
-    // SAFETY: a zeroed FunctionCallInfo with room for exactly one argument, filled in as fmgr
-    // would for a one-argument call; hashtext reads only its argument and the collation.
-    unsafe {
-        let mut call: OneArgCall = std::mem::zeroed();
-        call.base.nargs = 1;
-        call.base.fncollation = pg_sys::DEFAULT_COLLATION_OID;
-        call.arg = pg_sys::NullableDatum { value: datum, isnull: false };
-        pg_sys::hashtext(&mut call.base).value() as i32
-    }
-}
-
 pub fn all_writers_key() -> LockKey {
-    LockKey { class: ALL_WRITERS_CLASS, hash: 0 }
+    LockKey { family: Family::AllWriters, digest: 0 }
 }
 
 pub fn writer_key(instance_id: &str) -> LockKey {
-    LockKey { class: WRITER_CLASS, hash: hashtext(instance_id) }
+    LockKey::of(Family::Writer, &[Some(instance_id)])
 }
 
 pub fn projection_key(projection: &str, instance_id: Option<&str>) -> LockKey {
-    let name = format!("{}/{}", instance_id.unwrap_or(""), projection);
-    LockKey { class: PROJECTION_CLASS, hash: hashtext(&name) }
+    LockKey::of(Family::Projection, &[instance_id, Some(projection)])
 }
 
 pub fn aggregate_key(instance_id: &str, aggregate_type: &str, aggregate_id: &str) -> LockKey {
-    let name = format!("{instance_id}/{aggregate_type}/{aggregate_id}");
-    LockKey { class: AGGREGATE_CLASS, hash: hashtext(&name) }
+    LockKey::of(Family::Aggregate, &[Some(instance_id), Some(aggregate_type), Some(aggregate_id)])
 }
 
 pub fn counter_key(tenant: &str, scope: &str) -> LockKey {
-    LockKey { class: COUNTER_CLASS, hash: hashtext(&format!("{tenant}/{scope}")) }
+    LockKey::of(Family::Counter, &[Some(tenant), Some(scope)])
 }
 
 pub fn waiter_key(instance_id: Option<&str>) -> LockKey {
-    LockKey { class: WAITER_CLASS, hash: hashtext(instance_id.unwrap_or("")) }
+    LockKey::of(Family::Waiter, &[instance_id])
 }
 
 pub const SHARED: pg_sys::LOCKMODE = pg_sys::ShareLock as pg_sys::LOCKMODE;
@@ -153,24 +166,81 @@ pub fn wait_for_lockers(key: LockKey, mode: pg_sys::LOCKMODE) {
     unsafe { pg_sys::WaitForLockers(key.tag(), mode, false) };
 }
 
-/// Most distinct instances plus aggregates a push locks one by one; above it, a bulk push.
+/// Most distinct aggregates one push locks one by one; above it, a bulk push locks its
+/// instances instead.
 pub const MAX_LOCKS_PER_PUSH: usize = 64;
+/// Most aggregate locks one transaction takes one by one, over all its pushes, so that no
+/// transaction can fill the lock table PostgreSQL shares between all sessions (its size is
+/// max_locks_per_transaction, 64 by default, times the number of connections).
+pub const MAX_AGGREGATE_LOCKS_PER_TRANSACTION: usize = 256;
 
-/// The locks of a push, before any position is drawn (G2, G3): the writer locks of its
-/// instances and the exclusive locks of its aggregates, or for a bulk push the all-writers key
-/// exclusively, which excludes every other writer.
-pub fn lock_for_push(instance_ids: &[&str], mut aggregates: Vec<LockKey>) {
+thread_local! {
+    /// Aggregate locks taken one by one in the current transaction: (its local id, count).
+    static AGGREGATE_LOCKS_TAKEN: std::cell::Cell<(u32, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Why a push cannot take its locks.
+pub enum PushLockRefusal {
+    /// The transaction already locked this many aggregates one by one.
+    TooManyAggregates(usize),
+}
+
+/// The locks of a push, before any position is drawn (G2, G3), in one canonical order (trap 11):
+/// the all-writers key shared, then each instance's writer key, then the aggregates.
+///
+/// - A push of at most [`MAX_LOCKS_PER_PUSH`] aggregates takes the writer keys shared and each
+///   aggregate's key exclusively.
+/// - A bulk push (more aggregates) takes each of its instances' writer keys exclusively instead
+///   of the aggregate keys (or, for more than [`MAX_LOCKS_PER_PUSH`] instances, the all-writers
+///   key exclusively): it runs alone among the writers of its instances, and no other tenant
+///   waits for it.
+/// - A writer key this transaction already holds exclusively covers its aggregates.
+/// - A lock is never upgraded from shared to exclusive (two transactions doing so would
+///   deadlock): a bulk push to an instance this transaction already wrote to locks its
+///   aggregates one by one, within [`MAX_AGGREGATE_LOCKS_PER_TRANSACTION`].
+pub fn lock_for_push(instance_ids: &[&str], aggregates: Vec<(&str, LockKey)>) -> Result<(), PushLockRefusal> {
     let mut instances: Vec<&str> = instance_ids.to_vec();
     instances.sort_unstable();
     instances.dedup();
-    aggregates.sort();
-    aggregates.dedup();
-    if instances.len() + aggregates.len() > MAX_LOCKS_PER_PUSH {
-        acquire(all_writers_key(), EXCLUSIVE);
-        return;
+    let owned = |instance: &str| held_by_me(writer_key(instance), EXCLUSIVE)
+        || held_by_me(all_writers_key(), EXCLUSIVE);
+    let mut keys: Vec<LockKey> = aggregates.iter()
+        .filter(|(instance, _)| !owned(instance))
+        .map(|(_, key)| *key)
+        .collect();
+    keys.sort();
+    keys.dedup();
+    if keys.len() > MAX_LOCKS_PER_PUSH {
+        let mut writers: Vec<LockKey> = instances.iter().map(|i| writer_key(i)).collect();
+        writers.sort();
+        let upgrade = |key: &LockKey| held_by_me(*key, SHARED) && !held_by_me(*key, EXCLUSIVE);
+        if writers.len() > MAX_LOCKS_PER_PUSH && !upgrade(&all_writers_key()) {
+            acquire(all_writers_key(), EXCLUSIVE);
+            return Ok(());
+        }
+        if writers.len() <= MAX_LOCKS_PER_PUSH && !writers.iter().any(upgrade) {
+            acquire(all_writers_key(), SHARED);
+            for key in writers {
+                acquire(key, EXCLUSIVE);
+            }
+            return Ok(());
+        }
+    }
+    let taken = aggregate_locks_taken();
+    if taken + keys.len() > MAX_AGGREGATE_LOCKS_PER_TRANSACTION {
+        return Err(PushLockRefusal::TooManyAggregates(taken));
     }
     lock_writers(instances);
-    lock_aggregates(aggregates);
+    lock_aggregates(&keys);
+    AGGREGATE_LOCKS_TAKEN.set((crate::pg::local_transaction_id(), taken + keys.len()));
+    Ok(())
+}
+
+/// Aggregate locks this transaction took one by one so far (an upper bound: a key locked by
+/// two pushes counts twice).
+fn aggregate_locks_taken() -> usize {
+    let (transaction, count) = AGGREGATE_LOCKS_TAKEN.get();
+    if transaction == crate::pg::local_transaction_id() { count } else { 0 }
 }
 
 /// The writer locks for `instance_ids`: the all-writers key, then each instance's key in key
@@ -185,21 +255,21 @@ pub fn lock_writers<'a>(instance_ids: impl IntoIterator<Item = &'a str>) {
     }
 }
 
-/// Exclusive aggregate locks, in key order so that two batches never deadlock (trap 11).
-fn lock_aggregates(mut keys: Vec<LockKey>) {
+/// Exclusive aggregate locks, in key order (sorted by the caller) so that two batches never
+/// deadlock (trap 11).
+fn lock_aggregates(keys: &[LockKey]) {
     if mutants::NO_AGGREGATE_LOCK {
         return;
     }
-    keys.sort();
-    keys.dedup();
     for key in keys {
-        acquire(key, EXCLUSIVE);
+        acquire(*key, EXCLUSIVE);
     }
 }
 
-/// Whether this transaction writes events: every push and lock_writer take the all-writers key.
+/// Whether this transaction writes events: every push and lock_writer take the all-writers key,
+/// shared, or exclusively for a bulk push to many instances.
 pub fn writing() -> bool {
-    held_by_me(all_writers_key(), SHARED)
+    held_by_me(all_writers_key(), SHARED) || held_by_me(all_writers_key(), EXCLUSIVE)
 }
 
 /// A counter's lock, until the transaction ends: callers of next_number serialize, and the
@@ -266,38 +336,59 @@ pub fn lock_projection_key(projection: &str, instance_id: Option<&str>, wait: bo
 #[pg_schema]
 mod tests {
     use super::*;
+    use pgrx::prelude::*;
 
-    fn sql_key(expression: &str) -> i32 {
-        Spi::get_one::<i32>(&format!("SELECT {expression}")).unwrap().unwrap()
+    /// The documented SQL for a key's digest: the first 8 bytes of sha256 over the encoded names.
+    fn sql_digest(encoded_names: &str) -> u64 {
+        Spi::get_one::<i64>(&format!(
+            "SELECT ('x' || encode(substring(sha256({encoded_names}) FROM 1 FOR 8), 'hex'))::bit(64)::bigint"
+        )).unwrap().unwrap() as u64
     }
+
+    fn name(text: &str) -> String {
+        format!("('\\x00'::bytea || int4send(octet_length('{text}')) || convert_to('{text}', 'UTF8'))")
+    }
+
+    const NONE: &str = "'\\x01'::bytea";
 
     #[pg_test]
     fn lock_keys_are_the_documented_sql_expressions() {
-        assert_eq!(writer_key("acme").hash, sql_key("hashtext('acme')"));
-        assert_eq!(projection_key("totals", Some("acme")).hash, sql_key("hashtext('acme/totals')"));
-        assert_eq!(projection_key("totals", None).hash, sql_key("hashtext('/totals')"));
-        assert_eq!(aggregate_key("acme", "user", "u1").hash, sql_key("hashtext('acme/user/u1')"));
-        assert_eq!(counter_key("acme", "invoice").hash, sql_key("hashtext('acme/invoice')"));
-        assert_eq!(waiter_key(Some("acme")).hash, sql_key("hashtext('acme')"));
-        assert_eq!(waiter_key(None).hash, sql_key("hashtext('')"));
+        assert_eq!(writer_key("acme").digest, sql_digest(&name("acme")));
+        assert_eq!(projection_key("totals", Some("acme")).digest,
+            sql_digest(&format!("{} || {}", name("acme"), name("totals"))));
+        assert_eq!(projection_key("totals", None).digest, sql_digest(&format!("{NONE} || {}", name("totals"))));
+        assert_eq!(aggregate_key("acme", "user", "u1").digest,
+            sql_digest(&format!("{} || {} || {}", name("acme"), name("user"), name("u1"))));
+        assert_eq!(counter_key("acme", "invoice").digest,
+            sql_digest(&format!("{} || {}", name("acme"), name("invoice"))));
+        assert_eq!(waiter_key(None).digest, sql_digest(NONE));
     }
 
     #[pg_test]
-    fn lock_families_have_distinct_class_ids() {
-        let mut classes = [ALL_WRITERS_CLASS, WRITER_CLASS, PROJECTION_CLASS, AGGREGATE_CLASS,
-            COUNTER_CLASS, WAITER_CLASS];
-        classes.sort();
-        assert!(classes.windows(2).all(|w| w[0] != w[1]));
-        assert_eq!(ALL_WRITERS_CLASS, 1163067393);
+    fn names_that_join_to_the_same_text_get_different_keys() {
+        assert_ne!(aggregate_key("a/b", "c", "d"), aggregate_key("a", "b/c", "d"));
+        assert_ne!(projection_key("b/p", Some("a")), projection_key("p", Some("a/b")));
+        assert_ne!(projection_key("p", None), projection_key("p", Some("")));
+        assert_ne!(counter_key("", "a"), counter_key("a", ""));
+    }
+
+    #[pg_test]
+    fn lock_families_never_share_field4_with_pg_advisory_lock() {
+        let mut families = [Family::AllWriters, Family::Writer, Family::Projection, Family::Aggregate,
+            Family::Counter, Family::Waiter].map(|f| f as u16);
+        families.sort();
+        assert!(families.windows(2).all(|w| w[0] != w[1]));
+        assert!(families.iter().all(|f| *f != 1 && *f != 2), "pg_advisory_lock uses 1 and 2");
     }
 
     #[pg_test]
     fn lock_writer_is_visible_as_a_shared_advisory_lock_until_the_transaction_ends() {
         Spi::run("SELECT eventstore.lock_writer('acme')").unwrap();
+        let key = writer_key("acme");
         let held = Spi::get_one::<i64>(&format!(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
-               AND mode = 'ShareLock' AND classid::bigint = {WRITER_CLASS} AND objid::bigint = (hashtext('acme')::bigint + 4294967296) % 4294967296"
-        ));
+               AND mode = 'ShareLock' AND objsubid = {} AND classid::bigint = {} AND objid::bigint = {}",
+            Family::Writer as u16, key.digest >> 32, key.digest & 0xFFFF_FFFF));
         assert_eq!(held, Ok(Some(1)));
     }
 

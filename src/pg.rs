@@ -42,3 +42,10 @@ pub unsafe fn tuple_desc_attrs<'a>(desc: pg_sys::TupleDesc) -> &'a [pg_sys::Form
     // SAFETY: by the caller's promise; natts attributes follow the header.
     unsafe { (*desc).attrs.as_slice((*desc).natts as usize) }
 }
+
+/// This backend's local number for its current transaction: different for every transaction
+/// the backend runs, without assigning a transaction id.
+pub fn local_transaction_id() -> u32 {
+    // SAFETY: MyProc is this backend's own PGPROC, valid while the backend runs.
+    unsafe { (*pg_sys::MyProc).lxid }
+}

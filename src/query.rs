@@ -21,6 +21,10 @@ pub enum Snapshot {
     /// Taken now: every committed transaction and every earlier write of our own. For reads
     /// that follow a lock wait, under any isolation level.
     Latest,
+    /// What is committed at the moment each row is read, and this transaction's own writes
+    /// (SnapshotSelf): not an MVCC snapshot, so it takes no predicate locks under SERIALIZABLE.
+    /// Only for reads of rows whose writers the caller's locks exclude.
+    CommittedNow,
     /// What a plain statement would get: a fresh one in READ COMMITTED, the transaction's in
     /// REPEATABLE READ (so a concurrent update is refused there). For writes.
     Statement,
@@ -157,7 +161,7 @@ pub fn run(sql: &str, args: &[Arg], snapshot: Snapshot) -> Rows {
     let status = unsafe {
         match snapshot {
             // The mutant reads with the statement's snapshot, taken before any lock wait (trap 4).
-            Snapshot::Latest if crate::mutants::STALE_SNAPSHOT => {
+            Snapshot::Latest | Snapshot::CommittedNow if crate::mutants::STALE_SNAPSHOT => {
                 pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), true, 0)
             }
             Snapshot::Latest => {
@@ -167,6 +171,19 @@ pub fn run(sql: &str, args: &[Arg], snapshot: Snapshot) -> Rows {
                     values.as_mut_ptr(),
                     nulls.as_ptr(),
                     pg_sys::GetLatestSnapshot(),
+                    std::ptr::null_mut(),
+                    false,
+                    true,
+                    0,
+                )
+            }
+            Snapshot::CommittedNow => {
+                pg_sys::CommandCounterIncrement();
+                pg_sys::SPI_execute_snapshot(
+                    plan,
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    &raw mut pg_sys::SnapshotSelfData,
                     std::ptr::null_mut(),
                     false,
                     true,

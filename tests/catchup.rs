@@ -153,6 +153,31 @@ fn catchup_in_a_transaction_that_pushed_is_refused_rather_than_deadlocking() {
 }
 
 #[test]
+fn catchup_after_a_bulk_push_in_the_same_transaction_is_refused() {
+    let t = tenant("self-bulk");
+    let mut c = connect();
+    let mut tx = c.transaction().unwrap();
+    tx.query("SELECT * FROM eventstore.push(ARRAY(SELECT eventstore.command($1, 'thing', i::text, 'e')
+                                                   FROM generate_series(1, 100) i))", &[&t]).unwrap();
+    let error = tx.query("SELECT * FROM eventstore.projection_catchup('self-bulk', $1)", &[&t]).map(|rows| rows.len()).unwrap_err();
+    assert_eq!(db_error(&error).0, "55000", "its own uncommitted events are never handed out");
+}
+
+#[test]
+fn waiting_for_a_projection_lock_in_a_writing_transaction_is_refused_rather_than_deadlocking() {
+    // A catch-up holding the projection may be waiting for this transaction's writes (barrier
+    // mode): waiting for its lock would close a cycle. Trying without waiting stays allowed.
+    let t = tenant("self-lock");
+    let mut c = connect();
+    let mut tx = c.transaction().unwrap();
+    push_one(&mut tx, &t, "x", "e");
+    let tried: bool = tx.query_one("SELECT eventstore.lock_projection('p', $1)", &[&t]).unwrap().get(0);
+    assert!(tried);
+    let error = tx.query("SELECT eventstore.lock_projection('p', $1, wait => true)", &[&t]).map(|rows| rows.len()).unwrap_err();
+    assert_eq!(db_error(&error).0, "55000");
+}
+
+#[test]
 fn repeatable_read_catchup_sees_events_committed_after_its_snapshot() {
     let t = tenant("rr");
     let mut c = connect();

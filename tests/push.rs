@@ -205,30 +205,51 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
     assert_eq!(count_events(&mut c, "t"), 0, "no bad input wrote anything");
 }
 
+/// A push of `count` events to as many aggregates of `tenant`, in `client`'s transaction.
+fn push_many(client: &mut impl postgres::GenericClient, tenant: &str, count: i32) -> Result<usize, postgres::Error> {
+    client.query(
+        "SELECT * FROM eventstore.push(ARRAY(SELECT eventstore.command($1, 'thing', i::text, 'imported')
+                                              FROM generate_series(1, $2) i))",
+        &[&tenant, &count],
+    ).map(|rows| rows.len())
+}
+
+/// This backend's eventstore locks: (pg_locks.objsubid, mode).
+fn my_advisory_locks(client: &mut impl postgres::GenericClient) -> Vec<(i32, String)> {
+    client.query(
+        "SELECT objsubid::int, mode FROM pg_locks
+          WHERE locktype = 'advisory' AND pid = pg_backend_pid() ORDER BY 1, 2",
+        &[],
+    ).unwrap().iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+const ALL_WRITERS: i32 = 0x4501;
+const WRITER: i32 = 0x4502;
+
 #[test]
-fn a_bulk_push_holds_one_lock_and_runs_alone_among_writers() {
+fn a_bulk_push_locks_only_its_instance_and_stalls_no_other_tenant() {
     let t = tenant("bulk");
     let other = tenant("bulk-other");
     let mut bulk = connect();
     let mut observer = connect();
     let mut tx = bulk.transaction().unwrap();
-    let written = tx.query(
-        "SELECT * FROM eventstore.push(ARRAY(SELECT eventstore.command($1, 'thing', i::text, 'imported')
-                                              FROM generate_series(1, 1000) i))",
-        &[&t],
-    ).unwrap();
-    assert_eq!(written.len(), 1000);
-    let locks: Vec<(i64, String)> = tx.query(
-        "SELECT classid::bigint, mode FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
-        &[],
-    ).unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
-    assert_eq!(locks, vec![(1163067393, "ExclusiveLock".to_string())], "one lock, not a thousand");
+    assert_eq!(push_many(&mut tx, &t, 1000).unwrap(), 1000);
+    // Another tenant pushes and catches up while the bulk push is open (G11).
+    let mut neighbour = connect();
+    neighbour.batch_execute("SET statement_timeout = '3s'").unwrap();
+    assert_eq!(push_one(&mut neighbour, &other, "a", "e").0, 1);
+    let handed_out = neighbour.query("SELECT * FROM eventstore.projection_catchup('bulk', $1)", &[&other]).unwrap();
+    assert_eq!(handed_out.len(), 1, "the other tenant's catch-up does not wait for the bulk push");
+    assert_eq!(my_advisory_locks(&mut tx),
+        vec![(ALL_WRITERS, "ShareLock".to_string()), (WRITER, "ExclusiveLock".to_string())],
+        "two locks, not a thousand: the instance's writer key exclusively");
 
+    // The bulk push's own tenant: its writers and its catch-up wait for it.
     let mut writer = connect();
     let writer_pid = pid(&mut writer);
-    let waiter = thread::spawn(move || push_one(&mut writer, &other, "a", "e"));
+    let t1 = t.clone();
+    let waiter = thread::spawn(move || push_one(&mut writer, &t1, "1", "e"));
     wait_until_blocked(&mut observer, writer_pid);
-
     let mut worker = connect();
     let worker_pid = pid(&mut worker);
     let t2 = t.clone();
@@ -237,6 +258,109 @@ fn a_bulk_push_holds_one_lock_and_runs_alone_among_writers() {
     });
     wait_until_blocked(&mut observer, worker_pid);
     tx.commit().unwrap();
-    assert_eq!(waiter.join().unwrap().0, 1);
-    assert_eq!(catchup.join().unwrap(), 1000, "the per-instance barrier waited for the bulk push");
+    assert_eq!(waiter.join().unwrap().0, 2, "the tenant's next writer continued the sequence");
+    assert!(catchup.join().unwrap() >= 1000, "the per-instance barrier waited for the bulk push");
+}
+
+#[test]
+fn pushing_then_bulk_pushing_in_two_transactions_never_deadlocks() {
+    // Disjoint tenants: each bulk push takes only its own instance. Same tenant: the second
+    // push of a transaction that already wrote to the instance locks aggregates one by one
+    // instead of upgrading its shared lock (two upgrades would deadlock).
+    for same_tenant in [false, true] {
+        let (a, b) = (tenant("upgrade-a"), tenant("upgrade-b"));
+        let tenants = if same_tenant { [a.clone(), a.clone()] } else { [a, b] };
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let handles: Vec<_> = tenants.into_iter().enumerate().map(|(n, t)| {
+            let barrier = barrier.clone();
+            thread::spawn(move || -> Result<(), String> {
+                let mut c = connect();
+                let mut tx = c.transaction().unwrap();
+                push_one(&mut tx, &t, &format!("first-{n}"), "e");
+                barrier.wait();
+                tx.query(
+                    "SELECT * FROM eventstore.push(ARRAY(SELECT eventstore.command($1, 'thing', $2 || '-' || i, 'e')
+                                                          FROM generate_series(1, 100) i))",
+                    &[&t, &n.to_string()],
+                ).map_err(|e| db_error(&e).0)?;
+                tx.commit().map_err(|e| e.to_string())
+            })
+        }).collect();
+        for handle in handles {
+            assert_eq!(handle.join().unwrap(), Ok(()), "same tenant: {same_tenant}");
+        }
+    }
+}
+
+#[test]
+fn a_transaction_locking_too_many_aggregates_one_by_one_is_refused_and_writes_nothing_more() {
+    let t = tenant("budget");
+    let mut c = connect();
+    let mut tx = c.transaction().unwrap();
+    push_one(&mut tx, &t, "first", "e");
+    for round in 0..4 {
+        tx.query(
+            "SELECT * FROM eventstore.push(ARRAY(SELECT eventstore.command($1, 'thing', $2 || '-' || i, 'e')
+                                                  FROM generate_series(1, 60) i))",
+            &[&t, &round.to_string()],
+        ).unwrap();
+    }
+    let error = tx.query(
+        "SELECT * FROM eventstore.push(ARRAY(SELECT eventstore.command($1, 'thing', 'last-' || i, 'e')
+                                              FROM generate_series(1, 60) i))",
+        &[&t],
+    ).unwrap_err();
+    let (code, message, detail) = db_error(&error);
+    assert_eq!(code, "54000");
+    assert_eq!(message, "too many aggregates locked in one transaction");
+    assert!(detail.contains("already locked 241 aggregates"), "{detail}");
+    drop(tx);
+    assert_eq!(count_events(&mut c, &t), 0, "the transaction rolled back whole");
+}
+
+#[test]
+fn pushes_to_disjoint_aggregates_under_serializable_never_fail() {
+    let t = tenant("serializable");
+    let failures: Vec<String> = (0..4).map(|n| {
+        let t = t.clone();
+        thread::spawn(move || -> Vec<String> {
+            let mut c = connect();
+            let mut failed = Vec::new();
+            for round in 0..60 {
+                let mut tx = c.build_transaction()
+                    .isolation_level(postgres::IsolationLevel::Serializable).start().unwrap();
+                let pushed = tx.query(
+                    "SELECT * FROM eventstore.push(ARRAY[eventstore.command($1, 'thing', $2, 'e')])",
+                    &[&t, &format!("{n}-{}", round % 7)],
+                ).map_err(|e| db_error(&e).0).and_then(|_| tx.commit().map_err(|e| db_error(&e).0));
+                if let Err(e) = pushed {
+                    failed.push(e);
+                }
+            }
+            failed
+        })
+    }).collect::<Vec<_>>().into_iter().flat_map(|h| h.join().unwrap()).collect();
+    assert!(failures.is_empty(), "{} of 240 pushes failed: {:?}", failures.len(), failures);
+}
+
+#[test]
+fn a_revision_out_of_range_is_refused_with_22023_in_both_forms() {
+    let mut c = connect();
+    let error = c.query("SELECT eventstore.command('t', 'a', '1', 'e', revision => 40000)", &[]).unwrap_err();
+    let (code, message, _) = db_error(&error);
+    assert_eq!((code.as_str(), message.as_str()), ("22023", "revision is out of range"));
+    let error = c.query(
+        r#"SELECT * FROM eventstore.push('[{"instance_id": "t", "aggregate_type": "a", "aggregate_id": "1",
+              "event_type": "e", "revision": 40000}]'::jsonb)"#, &[]).unwrap_err();
+    assert_eq!(db_error(&error).0, "22023");
+}
+
+#[test]
+fn a_json_expected_sequence_beyond_bigint_is_out_of_range() {
+    let mut c = connect();
+    let error = c.query(
+        r#"SELECT * FROM eventstore.push('[{"instance_id": "t", "aggregate_type": "a", "aggregate_id": "1",
+              "event_type": "e", "expected_sequence": 92233720368547758070}]'::jsonb)"#, &[]).unwrap_err();
+    let (code, message, _) = db_error(&error);
+    assert_eq!((code.as_str(), message.as_str()), ("22023", "expected_sequence is out of range"));
 }

@@ -58,6 +58,7 @@ fn the_roles_have_exactly_their_documented_privileges_and_public_has_none() {
         "eventstore_writer USAGE type command",
         "eventstore_writer USAGE type pushed",
         "eventstore_writer EXECUTE function eventstore.command(text,text,text,text,jsonb,integer,text,text,bigint)",
+        "eventstore_writer EXECUTE function eventstore.checked_revision(integer)",
         "eventstore_writer EXECUTE function eventstore.push(eventstore.command[])",
         "eventstore_writer EXECUTE function eventstore.push(jsonb)",
         "eventstore_writer EXECUTE function eventstore.push(text)",
@@ -248,3 +249,77 @@ fn roles_get_only_what_they_are_granted() {
         assert_eq!(db_error(&err).0, "42501", "{refused}");
     }
 }
+
+#[test]
+fn lock_writer_as_the_first_call_of_a_transaction_works_for_a_writer_role() {
+    // With eventstore preloaded, lock_writer registers the transaction with the horizon and
+    // reads the last position: as the owner, not as the caller (no privilege on the sequence).
+    let (mut admin, role, a, _) = tenant_bound_setup();
+    let mut app = connect_as(&role);
+    bind(&mut app, &a);
+    let mut tx = app.transaction().unwrap();
+    tx.execute("SELECT eventstore.lock_writer($1)", &[&a]).unwrap();
+    push_one(&mut tx, &a, "z", "e");
+    tx.commit().unwrap();
+    drop(app);
+}
+
+/// Two sessions bound to the tenants `a` and `b`.
+fn two_bound_sessions(a: &str, b: &str) -> (Client, Client, String) {
+    let mut admin = connect();
+    let role = login_role(&mut admin, "wall",
+        &["eventstore_writer", "eventstore_reader", "eventstore_projector"], "");
+    let (mut first, mut second) = (connect_as(&role), connect_as(&role));
+    bind(&mut first, a);
+    bind(&mut second, b);
+    (first, second, role)
+}
+
+#[test]
+fn names_that_join_to_the_same_text_never_share_a_lock_across_tenants() {
+    // Tenant "<t>/x" holds projection "y" and aggregate ("y", "z"); tenant "<t>" uses
+    // projection "x/y" and aggregate type "x/y" id "z". Joined with '/', both read "<t>/x/y".
+    let t = tenant("wall");
+    let other = format!("{t}/x");
+    let (mut victim, mut attacker, _) = two_bound_sessions(&t, &other);
+    victim.batch_execute("SET statement_timeout = '3s'").unwrap();
+    let mut held = attacker.transaction().unwrap();
+    assert!(held.query_one("SELECT eventstore.lock_projection('y')", &[]).unwrap().get::<_, bool>(0));
+    held.query("SELECT * FROM eventstore.push(ARRAY[eventstore.command($1, 'y', 'z', 'e')])", &[&other]).unwrap();
+
+    let mut tx = victim.transaction().unwrap();
+    let got: bool = tx.query_one("SELECT eventstore.lock_projection('x/y')", &[]).unwrap().get(0);
+    assert!(got, "the other tenant's lock is not this tenant's");
+    tx.rollback().unwrap();
+    let pushed = victim.query(
+        "SELECT * FROM eventstore.push(ARRAY[eventstore.command($1, 'x/y', 'z', 'e')])", &[&t]).unwrap();
+    assert_eq!(pushed.len(), 1, "the push did not wait for the other tenant's aggregate lock");
+    held.rollback().unwrap();
+}
+
+#[test]
+fn a_role_confined_to_its_database_by_connect_privilege_cannot_push_elsewhere() {
+    // The documented recipe: roles are cluster-wide, so confine a login role to its database
+    // with CONNECT (REVOKE from PUBLIC, GRANT to the roles that may connect).
+    let mut admin = connect();
+    let other_database = tenant("otherdb").replace('-', "_");
+    admin.batch_execute(&format!("CREATE DATABASE {other_database}")).unwrap();
+    let role = login_role(&mut admin, "confined", &["eventstore_writer"], "");
+    admin.batch_execute(&format!("REVOKE CONNECT ON DATABASE {other_database} FROM PUBLIC")).unwrap();
+
+    let url = common::url();
+    let elsewhere = url.split_whitespace()
+        .map(|p| if p.starts_with("dbname=") { format!("dbname={other_database}") } else { p.to_string() })
+        .map(|p| if p.starts_with("user=") { format!("user={role}") } else { p })
+        .collect::<Vec<_>>().join(" ");
+    let refused = postgres::Client::connect(&elsewhere, postgres::NoTls).err().expect("connection refused");
+    assert_eq!(db_error(&refused).0, "42501", "no CONNECT privilege on the other database");
+    let mut home = connect_as(&role);
+    let own = tenant("confined");
+    bind(&mut home, &own);
+    assert_eq!(push_one(&mut home, &own, "a", "e").0, 1, "its own database still works");
+    drop(home);
+    admin.batch_execute(&format!("DROP DATABASE {other_database}")).unwrap();
+    admin.batch_execute(&format!("DROP ROLE {role}")).unwrap();
+}
+

@@ -35,7 +35,7 @@ use crate::mutants;
 /// Which instances an open transaction writes events to: one (by its writer key's hash) or any.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Scope {
-    Instance(i32),
+    Instance(u64),
     Every,
 }
 
@@ -49,7 +49,7 @@ impl Scope {
     }
 
     pub fn instance(instance_id: &str) -> Scope {
-        Scope::Instance(locks::writer_key(instance_id).hash)
+        Scope::Instance(locks::writer_key(instance_id).digest)
     }
 
     /// The smallest scope covering both.
@@ -77,7 +77,7 @@ struct Slot {
     database: pg_sys::Oid,
     floor: i64,
     every_instance: bool,
-    instance: i32,
+    instance: u64,
 }
 
 const EMPTY: Slot = Slot { database: pg_sys::InvalidOid, floor: 0, every_instance: false, instance: 0 };

@@ -59,10 +59,7 @@ impl RawCommand {
         };
         let revision = match self.revision {
             None => 1,
-            Some(r) if (1..=i16::MAX as i64).contains(&r) => r as i16,
-            Some(r) => return Err(Refusal::new(errors::INVALID_VALUE,
-                "revision is out of range".into(),
-                format!("revision is {r}; it must be between 1 and {}.", i16::MAX), "")),
+            Some(r) => check_revision(r)?,
         };
         if let Some(e) = self.expected_sequence.filter(|e| *e < 0) {
             return Err(Refusal::new(errors::INVALID_VALUE, "expected_sequence is negative".into(),
@@ -304,12 +301,18 @@ fn read_json_field(
         "string" => Ok(text.clone()),
         _ => Err(wrong_type("a string")),
     };
-    let integer = || match kind {
-        "null" => Ok(None),
-        "number" => integral(text.as_deref().unwrap_or_default()).map(Some).ok_or_else(|| Refusal::new(
-            errors::INVALID_VALUE, format!("{key} must be an integer"),
-            format!("{key} is {}.", truncate(text.as_deref().unwrap_or_default(), 64)), "")),
-        _ => Err(wrong_type("an integer")),
+    let integer = || {
+        let number = text.as_deref().unwrap_or_default();
+        match (kind, integral(number)) {
+            ("null", _) => Ok(None),
+            ("number", Integral::Value(n)) => Ok(Some(n)),
+            ("number", Integral::OutOfRange) => Err(Refusal::new(errors::INVALID_VALUE,
+                format!("{key} is out of range"),
+                format!("{key} is {}; it must fit in a bigint.", truncate(number, 64)), "")),
+            ("number", Integral::Fraction) => Err(Refusal::new(errors::INVALID_VALUE,
+                format!("{key} must be an integer"), format!("{key} is {}.", truncate(number, 64)), "")),
+            _ => Err(wrong_type("an integer")),
+        }
     };
     match key {
         "instance_id" => raw.instance_id = string()?,
@@ -329,14 +332,44 @@ fn read_json_field(
     Ok(())
 }
 
-/// A JSON number that is a 64-bit integer: 3 and 3.0 alike (some encoders write every number
-/// as a float); 3.5, 1e1000 and 2^63 are not.
-fn integral(number: &str) -> Option<i64> {
-    number.parse::<i64>().ok().or_else(|| {
-        number.parse::<f64>().ok()
-            .filter(|f| f.fract() == 0.0 && f.abs() <= (1u64 << 53) as f64)
-            .map(|f| f as i64)
-    })
+/// What a JSON number is, read as a bigint field.
+#[derive(Debug, PartialEq)]
+enum Integral {
+    Value(i64),
+    /// A whole number that does not fit in a bigint (2^63, 1e1000).
+    OutOfRange,
+    /// 3.5.
+    Fraction,
+}
+
+/// A JSON number as a 64-bit integer: 3 and 3.0 alike (some encoders write every number as a
+/// float, exact up to 2^53).
+fn integral(number: &str) -> Integral {
+    if let Ok(n) = number.parse::<i64>() {
+        return Integral::Value(n);
+    }
+    match number.parse::<f64>() {
+        Ok(f) if f.is_finite() && f.fract() != 0.0 => Integral::Fraction,
+        Ok(f) if f.abs() <= (1u64 << 53) as f64 => Integral::Value(f as i64),
+        _ => Integral::OutOfRange,
+    }
+}
+
+/// A revision: 1 to 32767 (it is stored as a smallint).
+fn check_revision(revision: i64) -> Result<i16, Refusal> {
+    match i16::try_from(revision) {
+        Ok(r) if r >= 1 => Ok(r),
+        _ => Err(Refusal::new(errors::INVALID_VALUE, "revision is out of range".into(),
+            format!("revision is {revision}; it must be between 1 and {}.", i16::MAX), "")),
+    }
+}
+
+/// `eventstore.checked_revision(revision)`: command()'s revision as the smallint it is stored
+/// as, refused with 22023 out of 1..32767 as push refuses it (G9); NULL stays NULL (push's
+/// default, 1).
+#[pg_extern(sql = false)]
+fn checked_revision(revision: Option<i32>) -> Option<i16> {
+    revision.map(|r| check_revision(r.into()).unwrap_or_else(|refusal| refusal.raise()))
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -366,10 +399,10 @@ mod tests {
 
     #[pg_test]
     fn json_integers_may_be_written_as_floats() {
-        assert_eq!(integral("3.0"), Some(3));
-        assert_eq!(integral("3"), Some(3));
-        assert_eq!(integral("3.5"), None);
-        assert_eq!(integral("1e1000"), None);
-        assert_eq!(integral("9223372036854775808"), None);
+        assert_eq!(integral("3.0"), Integral::Value(3));
+        assert_eq!(integral("3"), Integral::Value(3));
+        assert_eq!(integral("3.5"), Integral::Fraction);
+        assert_eq!(integral("1e1000"), Integral::OutOfRange);
+        assert_eq!(integral("9223372036854775808"), Integral::OutOfRange);
     }
 }

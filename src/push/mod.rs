@@ -100,8 +100,17 @@ fn append(commands: Vec<Command>) -> Vec<Written> {
         aggregate_of.push(i);
     }
     let instance_ids: Vec<&str> = aggregates.iter().map(|a| a.0).collect();
-    locks::lock_for_push(&instance_ids,
-        aggregates.iter().map(|(i, t, a)| locks::aggregate_key(i, t, a)).collect());
+    let keys = aggregates.iter().map(|(i, t, a)| (*i, locks::aggregate_key(i, t, a))).collect();
+    if let Err(locks::PushLockRefusal::TooManyAggregates(taken)) = locks::lock_for_push(&instance_ids, keys) {
+        errors::raise(errors::TOO_LARGE,
+            "too many aggregates locked in one transaction".into(),
+            format!("This transaction already locked {taken} aggregates one by one; this push needs \
+                     {} more, over the limit of {}.", aggregates.len(),
+                locks::MAX_AGGREGATE_LOCKS_PER_TRANSACTION),
+            "Push events for many aggregates in one call as the transaction's first write to \
+             their instance (a push of more than 64 aggregates locks the instance once), or \
+             commit in smaller transactions.");
+    }
 
     let written = tenancy::as_owner(|| query::with_spi(|| {
         let mut current = current_sequences(&aggregates);
@@ -165,14 +174,16 @@ SELECT a.ord, e.sequence, e.owner
           AND e.aggregate_id = a.aggregate_id
         ORDER BY sequence DESC LIMIT 1) e";
 
-/// Each aggregate's current sequence (0 when new) and owner, read after its lock is held,
-/// under a snapshot taken after the wait (trap 4).
+/// Each aggregate's current sequence (0 when new) and owner, read after its lock is held, with
+/// what is committed now (trap 4). Under SERIALIZABLE this read takes no predicate locks: the
+/// aggregate's lock already orders its writers, and predicate locks on the index pages would
+/// make pushes to unrelated aggregates fail with 40001.
 fn current_sequences(aggregates: &[(&str, &str, &str)]) -> Vec<(i64, Option<String>)> {
     let mut current = vec![(0i64, None); aggregates.len()];
     if let [(instance_id, aggregate_type, aggregate_id)] = aggregates {
         let rows = query::run(LAST_EVENT_OF_ONE,
             &[Arg::new(*instance_id), Arg::new(*aggregate_type), Arg::new(*aggregate_id)],
-            Snapshot::Latest);
+            Snapshot::CommittedNow);
         if rows.len() == 1 {
             current[0] = (rows.get::<i64>(0, 1).unwrap_or(0), rows.get::<String>(0, 2));
         }
@@ -183,7 +194,7 @@ fn current_sequences(aggregates: &[(&str, &str, &str)]) -> Vec<(i64, Option<Stri
     let aggregate_ids: Vec<&str> = aggregates.iter().map(|a| a.2).collect();
     let rows = query::run(LAST_EVENT_OF_MANY,
         &[Arg::new(instance_ids), Arg::new(aggregate_types), Arg::new(aggregate_ids)],
-        Snapshot::Latest);
+        Snapshot::CommittedNow);
     for r in 0..rows.len() {
         let ord = rows.get::<i64>(r, 1).expect("ordinality is not NULL") as usize;
         current[ord - 1] = (rows.get::<i64>(r, 2).unwrap_or(0), rows.get::<String>(r, 3));
@@ -272,8 +283,9 @@ fn lock_writer(instance_id: Option<&str>) {
     let instance_id = require_identifier("instance_id", instance_id);
     tenancy::caller_scope().check(instance_id, "lock_writer");
     locks::lock_writers([instance_id]);
+    // The last position is read as the owner: the caller has no privilege on the sequence.
     horizon::register_writer(horizon::Scope::instance(instance_id),
-        || query::with_spi(positions::last_position));
+        || tenancy::as_owner(|| query::with_spi(positions::last_position)));
 }
 
 #[cfg(any(test, feature = "pg_test"))]

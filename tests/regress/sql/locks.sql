@@ -1,37 +1,53 @@
 -- locks: the lock helpers, and the advisory locks behind push and catch-up.
 --
--- Every eventstore lock is a transaction-scoped advisory lock on two int4 keys: a class id
--- per family, then a hash. It ends with the transaction whatever happens, so it is safe
--- behind a transaction-pooling PgBouncer. What waits for what across sessions is shown in
--- tests/isolation; this file shows one session and what pg_locks sees.
+-- Every eventstore lock is a transaction-scoped advisory lock. It ends with the transaction
+-- whatever happens, so it is safe behind a transaction-pooling PgBouncer. What waits for what
+-- across sessions is shown in tests/isolation; this file shows one session and what pg_locks
+-- sees.
 TRUNCATE eventstore.events, eventstore.projection_states;
 ALTER SEQUENCE eventstore.position_seq RESTART;
 \set VERBOSITY default
 \set SHOW_CONTEXT never
 
--- The documented keys, computed in SQL. In pg_locks an advisory lock on (key1, key2) shows
--- key1 in classid and key2 in objid, with objsubid 2.
---   1163067393 all writers  0
---   1163067394 writer       hashtext(instance_id)
---   1163067395 projection   hashtext(coalesce(instance_id, '') || '/' || projection)
---   1163067396 aggregate    hashtext(instance_id || '/' || aggregate_type || '/' || aggregate_id)
-CREATE TEMP VIEW documented_lock_keys (lock, classid, objid) AS VALUES
-    ('all writers',                   1163067393::oid, 0::oid),
-    ('writer of acme',                1163067394::oid, hashtext('acme')::oid),
-    ('writer of globex',              1163067394::oid, hashtext('globex')::oid),
-    ('projection user_list (global)', 1163067395::oid, hashtext('/user_list')::oid),
-    ('projection user_list of acme',  1163067395::oid, hashtext('acme/user_list')::oid),
-    ('aggregate acme/user/u1',        1163067396::oid, hashtext('acme/user/u1')::oid),
-    ('aggregate acme/user/u2',        1163067396::oid, hashtext('acme/user/u2')::oid),
-    ('aggregate acme/user/u3',        1163067396::oid, hashtext('acme/user/u3')::oid),
-    ('aggregate globex/user/u1',      1163067396::oid, hashtext('globex/user/u1')::oid);
+-- The documented keys, computed in SQL. pg_locks shows the family in objsubid (never 1 or 2,
+-- which pg_advisory_lock uses) and the first 8 bytes of a SHA-256 digest of the names in
+-- classid (high half) and objid (low half). Each name is encoded as a 0 byte, its length (4
+-- bytes) and its UTF-8 bytes; "none" (a global projection) as a 1 byte.
+CREATE FUNCTION pg_temp.name(text) RETURNS bytea LANGUAGE sql IMMUTABLE
+RETURN CASE WHEN $1 IS NULL THEN '\x01'::bytea
+            ELSE '\x00'::bytea || int4send(octet_length($1)) || convert_to($1, 'UTF8') END;
+CREATE FUNCTION pg_temp.lock_key(family int, names bytea, OUT objsubid int, OUT classid oid, OUT objid oid)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT family, ('x' || encode(substring(d FROM 1 FOR 4), 'hex'))::bit(32)::bigint::oid,
+                   ('x' || encode(substring(d FROM 5 FOR 4), 'hex'))::bit(32)::bigint::oid
+      FROM sha256(names) AS d
+$$;
+--   17665 all writers  key 0
+--   17666 writer       instance
+--   17667 projection   instance (or none), projection
+--   17668 aggregate    instance, aggregate type, aggregate id
+CREATE TEMP VIEW documented_lock_keys (lock, objsubid, classid, objid) AS
+SELECT 'all writers', 17665, 0::oid, 0::oid
+UNION ALL
+SELECT v.lock, k.objsubid, k.classid, k.objid FROM (VALUES
+    ('writer of acme',                17666, pg_temp.name('acme')),
+    ('writer of globex',              17666, pg_temp.name('globex')),
+    ('projection user_list (global)', 17667, pg_temp.name(NULL) || pg_temp.name('user_list')),
+    ('projection user_list of acme',  17667, pg_temp.name('acme') || pg_temp.name('user_list')),
+    ('aggregate acme/user/u1',        17668, pg_temp.name('acme') || pg_temp.name('user') || pg_temp.name('u1')),
+    ('aggregate acme/user/u2',        17668, pg_temp.name('acme') || pg_temp.name('user') || pg_temp.name('u2')),
+    ('aggregate acme/user/u3',        17668, pg_temp.name('acme') || pg_temp.name('user') || pg_temp.name('u3')),
+    ('aggregate globex/user/u1',      17668, pg_temp.name('globex') || pg_temp.name('user') || pg_temp.name('u1'))
+) AS v(lock, family, names)
+CROSS JOIN LATERAL pg_temp.lock_key(v.family, v.names) AS k;
 
 -- The advisory locks this session holds, named after the keys above.
 CREATE TEMP VIEW my_advisory_locks AS
-SELECT coalesce(k.lock, 'undocumented') AS lock, l.classid, l.mode, l.granted
+SELECT coalesce(k.lock, 'undocumented') AS lock, l.objsubid AS family, l.mode, l.granted
   FROM pg_locks l
-  LEFT JOIN documented_lock_keys k ON k.classid = l.classid AND k.objid = l.objid
- WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.pid = pg_backend_pid();
+  LEFT JOIN documented_lock_keys k
+         ON k.objsubid = l.objsubid AND k.classid = l.classid AND k.objid = l.objid
+ WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid();
 
 --
 -- lock_projection(projection, instance_id DEFAULT NULL, wait DEFAULT false)
@@ -46,19 +62,19 @@ SELECT eventstore.lock_projection('user_list');
 -- wait => true waits for another holder to finish; here it returns true at once.
 SELECT eventstore.lock_projection('user_list', 'acme', wait => true);
 -- The global and the per-instance projection are two locks, both exclusive.
-SELECT lock, classid, mode, granted FROM my_advisory_locks ORDER BY classid, lock;
+SELECT lock, family, mode, granted FROM my_advisory_locks ORDER BY family, lock;
 COMMIT;
 
 -- Gone after COMMIT.
-SELECT lock, classid, mode FROM my_advisory_locks;
+SELECT lock, family, mode FROM my_advisory_locks;
 
 -- projection_catchup takes the same lock, so a worker may also take it first.
 BEGIN;
 SELECT eventstore.lock_projection('user_list', 'acme');
 SELECT position FROM eventstore.projection_catchup('user_list', 'acme');
-SELECT lock, classid, mode FROM my_advisory_locks ORDER BY classid, lock;
+SELECT lock, family, mode FROM my_advisory_locks ORDER BY family, lock;
 COMMIT;
-SELECT lock, classid, mode FROM my_advisory_locks;
+SELECT lock, family, mode FROM my_advisory_locks;
 
 --
 -- push: shared writer locks (all writers, then each instance) and an exclusive lock per
@@ -72,9 +88,9 @@ SELECT instance_id, aggregate_id, sequence, position
          eventstore.command('acme',   'user', 'u2', 'user.added'),
          eventstore.command('globex', 'user', 'u1', 'user.added'),
          eventstore.command('acme',   'user', 'u1', 'user.renamed')]);
-SELECT lock, classid, mode FROM my_advisory_locks ORDER BY classid, lock;
+SELECT lock, family, mode FROM my_advisory_locks ORDER BY family, lock;
 COMMIT;
-SELECT lock, classid, mode FROM my_advisory_locks;
+SELECT lock, family, mode FROM my_advisory_locks;
 
 --
 -- await_writers(instance_id DEFAULT NULL): the barrier. It waits until no write that could
@@ -95,7 +111,7 @@ SELECT eventstore.await_writers();
 -- It holds no lock afterwards: writers are let through again at once.
 BEGIN;
 SELECT eventstore.await_writers('globex');
-SELECT lock, classid, mode FROM my_advisory_locks;
+SELECT lock, family, mode FROM my_advisory_locks;
 COMMIT;
 
 --
@@ -105,13 +121,13 @@ COMMIT;
 
 BEGIN;
 SELECT eventstore.lock_writer('acme');
-SELECT lock, classid, mode FROM my_advisory_locks ORDER BY classid, lock;
+SELECT lock, family, mode FROM my_advisory_locks ORDER BY family, lock;
 -- Shared: taking it again (or pushing) in the same transaction is fine.
 SELECT eventstore.lock_writer('acme');
 SELECT count(*) FROM eventstore.push(ARRAY[eventstore.command('acme', 'user', 'u3', 'user.added')]);
-SELECT lock, classid, mode FROM my_advisory_locks ORDER BY classid, lock;
+SELECT lock, family, mode FROM my_advisory_locks ORDER BY family, lock;
 COMMIT;
-SELECT lock, classid, mode FROM my_advisory_locks;
+SELECT lock, family, mode FROM my_advisory_locks;
 
 -- A transaction holding a writer lock cannot wait for writers: it would wait for itself, or
 -- deadlock with another writer doing the same. Refused with 55000.
@@ -155,4 +171,4 @@ SELECT eventstore.await_writers('');
 \echo :LAST_ERROR_SQLSTATE
 
 -- None left a lock behind.
-SELECT lock, classid, mode FROM my_advisory_locks;
+SELECT lock, family, mode FROM my_advisory_locks;

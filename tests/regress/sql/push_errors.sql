@@ -158,7 +158,7 @@ SELECT * FROM eventstore.push(ARRAY[
          eventstore.command('acme', 'user', 'u1', 'user.renamed', revision => -1)]);
 \echo :LAST_ERROR_SQLSTATE
 
--- Above 32767 the constructor itself refuses: revision is a smallint.
+-- The constructor checks the revision as push does (22023): 1 to 32767, stored as a smallint.
 SELECT eventstore.command('acme', 'user', 'u1', 'user.renamed', revision => 32768);
 \echo :LAST_ERROR_SQLSTATE
 
