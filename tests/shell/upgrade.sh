@@ -5,9 +5,9 @@
 # settings and privileges, tables, columns, indexes, constraints, views, policies, sequences,
 # comments, dump marks, roles), keep every event, position, checkpoint, and go on working.
 # Its own scratch cluster: 127.0.0.1, port ${1:-5486}, data in /var/tmp/eventstore/upgrade.
-#   tests/upgrade.sh [PORT]
+#   tests/shell/upgrade.sh [PORT]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 . scripts/cluster.sh
 
 port=${1:-5486}
