@@ -1,8 +1,35 @@
 -- eventstore 0.2.0 -> 0.3.0 (ALTER EXTENSION eventstore UPDATE).
 --
 -- Every schema change of release 0.3.0 is here, in the order it was made; sql/eventstore.sql is
--- the same schema for a fresh install, and tests/upgrade.sh checks that both end equal.
+-- the same schema for a fresh install, and tests/shell/upgrade.sh checks that both end equal.
 -- sql/eventstore--0.2.0.sql is 0.2.0's install script exactly as it was released: never edit it.
+
+-- projection_status: head is the highest committed position in scope or the checkpoint, when
+-- that is higher (a catch-up moves an instance's checkpoint past other instances' events), so
+-- that a caught-up projection reads checkpoint = head, 0 behind. Same columns, grants and
+-- security_invoker; the new comment.
+CREATE OR REPLACE VIEW eventstore.projection_status WITH (security_invoker = true) AS
+SELECT s.projection,
+       s.instance_id,
+       s.checkpoint,
+       greatest(s.checkpoint, head.position)         AS head,
+       greatest(head.position - s.checkpoint, 0)     AS position_behind,
+       (SELECT count(*)
+          FROM eventstore.events e
+         WHERE e.position > s.checkpoint
+           AND (s.instance_id IS NULL OR e.instance_id = s.instance_id)) AS events_behind,
+       s.updated_at                                  AS last_run
+  FROM eventstore.projection_states s
+ CROSS JOIN LATERAL (
+        SELECT coalesce(max(e.position), 0) AS position
+          FROM eventstore.events e
+         WHERE s.instance_id IS NULL OR e.instance_id = s.instance_id) head;
+COMMENT ON VIEW eventstore.projection_status IS
+    'Lag per projection and instance: checkpoint; head, the highest committed position in scope '
+    'or the checkpoint when that is higher (a catch-up moves the checkpoint past other '
+    'instances'' events); position_behind = head - checkpoint; events_behind, the events in '
+    'scope past the checkpoint; last_run, when a catch-up last moved the checkpoint. Caught up: '
+    'checkpoint = head, 0 behind.';
 
 -- command(revision => 40000) raised 22003 from the cast to smallint; push documents 22023 for a
 -- revision out of 1..32767. The check is now the one push makes, in a native function.

@@ -205,11 +205,17 @@ COMMENT ON FUNCTION eventstore.projection_catchup(text, text, integer, text[], t
 
 -- security_invoker: a reader bound to a tenant sees its own tenant's lag only (the tables'
 -- row-level security applies to the caller, not to the view's owner).
+--
+-- head is where the projection stands once caught up: the highest committed position in its
+-- scope (its instance, or every instance), or its checkpoint when that is higher. A catch-up
+-- moves the checkpoint up to its horizon, past other instances' events, so an instance's
+-- checkpoint can be above the instance's own last event; caught up then reads checkpoint =
+-- head and 0 behind. position_behind > 0 exactly when events_behind > 0.
 CREATE VIEW eventstore.projection_status WITH (security_invoker = true) AS
 SELECT s.projection,
        s.instance_id,
        s.checkpoint,
-       head.position                                 AS head,
+       greatest(s.checkpoint, head.position)         AS head,
        greatest(head.position - s.checkpoint, 0)     AS position_behind,
        (SELECT count(*)
           FROM eventstore.events e
@@ -222,8 +228,11 @@ SELECT s.projection,
           FROM eventstore.events e
          WHERE s.instance_id IS NULL OR e.instance_id = s.instance_id) head;
 COMMENT ON VIEW eventstore.projection_status IS
-    'Lag per projection and instance: checkpoint, head (highest committed position in scope), '
-    'events behind, and last_run (when a catch-up last moved the checkpoint).';
+    'Lag per projection and instance: checkpoint; head, the highest committed position in scope '
+    'or the checkpoint when that is higher (a catch-up moves the checkpoint past other '
+    'instances'' events); position_behind = head - checkpoint; events_behind, the events in '
+    'scope past the checkpoint; last_run, when a catch-up last moved the checkpoint. Caught up: '
+    'checkpoint = head, 0 behind.';
 
 
 -- Waking a worker without polling (src/wakeup.rs). A transaction that pushed also sends one

@@ -1,4 +1,4 @@
--- Everything CREATE EXTENSION eventstore makes, one sorted line per fact: tests/upgrade.sh
+-- Everything CREATE EXTENSION eventstore makes, one sorted line per fact: tests/shell/upgrade.sh
 -- compares this description of an updated database with that of a fresh install.
 \pset tuples_only on
 \pset format unaligned

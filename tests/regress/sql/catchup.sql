@@ -137,8 +137,9 @@ SELECT position
          eventstore.command('acme', 'user', 'u4', 'user.renamed'),
          eventstore.command('acme', 'order', 'o2', 'order.placed')]);
 
--- head is the highest position in the projection's scope (its instance, or all), and
--- events_behind counts the events in scope after the checkpoint (filters not applied).
+-- head is the highest position in the projection's scope (its instance, or all), or the
+-- checkpoint when that is higher; position_behind is head - checkpoint, and events_behind
+-- counts the events in scope after the checkpoint (filters not applied).
 SELECT projection, instance_id, checkpoint, head, position_behind, events_behind,
        last_run IS NOT NULL AS has_run
   FROM eventstore.projection_status ORDER BY projection, instance_id NULLS FIRST;
@@ -147,6 +148,15 @@ SELECT projection, instance_id, checkpoint, head, position_behind, events_behind
 SELECT position FROM eventstore.projection_catchup('user_list', 'acme');
 SELECT projection, instance_id, checkpoint, head, position_behind, events_behind
   FROM eventstore.projection_status WHERE projection = 'user_list' ORDER BY instance_id;
+
+-- Nor is user_list/globex after its own: the catch-up moves its checkpoint to the horizon
+-- (13), past acme's events and above globex's last event (10). Caught up reads checkpoint =
+-- head, 0 behind. (Rolled back, so that globex stays at 7 for what follows.)
+BEGIN;
+SELECT position FROM eventstore.projection_catchup('user_list', 'globex');
+SELECT projection, instance_id, checkpoint, head, position_behind, events_behind
+  FROM eventstore.projection_status WHERE projection = 'user_list' ORDER BY instance_id;
+ROLLBACK;
 
 --
 -- Nested catch-up in one transaction

@@ -1,4 +1,4 @@
--- The baselines scripts/bench measures eventstore against, in schema "bench" of the bench
+-- The baselines of the write cases (tests/bench/writes.sh), in schema "bench" of the bench
 -- database (which already has CREATE EXTENSION eventstore).
 --
 -- 1. bench.insert_events: a bare table identical to eventstore.events (same columns,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # eventstore behind PgBouncer in transaction pooling mode: every guarantee still holds.
 #
-#   tests/pgbouncer.sh [--seconds N]      (default 15; as root; exits non-zero on a violation)
+#   tests/shell/pgbouncer.sh [--seconds N]      (default 15; as root; exits non-zero on a violation)
 #
 # A scratch cluster on 127.0.0.1:${EVENTSTORE_PGBOUNCER_PG_PORT:-5487} (data in
 # /var/tmp/eventstore/pgbouncer-pg), and a private PgBouncer on
@@ -40,7 +40,7 @@
 # a sequence. The API needs no SET, no prepared statement, no temp table, so pgbench runs
 # with -M simple (PgBouncer 1.18 does not support protocol-level prepared statements).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 . scripts/cluster.sh
 
 seconds=15

@@ -14,11 +14,11 @@
 # position right after the last one drawn before the dump (above every old event), exactly as
 # the original database does for the same push; a catch-up then hands out just that event.
 #
-# Usage: tests/backup_restore.sh [PORT]   (default $PORT, else 5485; 127.0.0.1 only)
+# Usage: tests/shell/backup_restore.sh [PORT]   (default $PORT, else 5485; 127.0.0.1 only)
 # Needs the extension installed in the system PostgreSQL 15 (scripts/setup). Run as root or
 # as postgres. Prints a verdict; exits non-zero on any mismatch.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 . scripts/cluster.sh
 
 port=${1:-${PORT:-5485}}
