@@ -44,22 +44,29 @@ SELECT eventstore.next_number('invoice', 'acme');
 ROLLBACK;
 SELECT eventstore.next_number('invoice', 'acme');
 
--- The counter's lock (class 1163067397, second key hashtext(tenant || '/' || scope)) is held
--- exclusively until the transaction ends; another counter's lock is another key.
+-- The counter's lock (family 17669 in pg_locks.objsubid; classid and objid hold the first 8
+-- bytes of SHA-256 over the tenant and the scope, each encoded as a 0 byte, its length in 4
+-- bytes and its bytes) is held exclusively until the transaction ends; another counter's lock
+-- is another key.
+CREATE FUNCTION pg_temp.counter_key(tenant text, scope text) RETURNS oid[] LANGUAGE sql IMMUTABLE
+RETURN (SELECT ARRAY[('x' || encode(substring(d FROM 1 FOR 4), 'hex'))::bit(32)::bigint::oid,
+                     ('x' || encode(substring(d FROM 5 FOR 4), 'hex'))::bit(32)::bigint::oid]
+          FROM sha256('\x00'::bytea || int4send(octet_length(tenant)) || convert_to(tenant, 'UTF8') ||
+                      '\x00'::bytea || int4send(octet_length(scope)) || convert_to(scope, 'UTF8')) AS d);
 BEGIN;
 SELECT eventstore.next_number('invoice', 'acme');
 SELECT eventstore.next_number('order', 'acme');
-SELECT l.objid = hashtext('acme/invoice')::oid AS acme_invoice,
-       l.objid = hashtext('acme/order')::oid   AS acme_order,
+SELECT ARRAY[l.classid, l.objid] = pg_temp.counter_key('acme', 'invoice') AS acme_invoice,
+       ARRAY[l.classid, l.objid] = pg_temp.counter_key('acme', 'order')   AS acme_order,
        l.mode, l.granted
   FROM pg_locks l
- WHERE l.locktype = 'advisory' AND l.classid = 1163067397 AND l.objsubid = 2
+ WHERE l.locktype = 'advisory' AND l.objsubid = 17669
    AND l.pid = pg_backend_pid()
  ORDER BY acme_invoice DESC;
 COMMIT;
 SELECT count(*) AS counter_locks_after_commit
   FROM pg_locks
- WHERE locktype = 'advisory' AND classid = 1163067397 AND pid = pg_backend_pid();
+ WHERE locktype = 'advisory' AND objsubid = 17669 AND pid = pg_backend_pid();
 
 -- The same under REPEATABLE READ and SERIALIZABLE, with no error: the counter is read with a
 -- snapshot taken after its lock (a caller that waited for another under each level:
