@@ -333,7 +333,7 @@ pub fn lock_projection_key(projection: &str, instance_id: Option<&str>, wait: bo
 }
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
+#[pgrx::pg_schema]
 mod tests {
     use super::*;
     use pgrx::prelude::*;
