@@ -14,7 +14,7 @@
 //! | aggregate_order | within an aggregate, a later sequence at a lower position          | G3        |
 //! | phantom         | a push never committed (rolled back) whose events are there        | G1        |
 //! | partial         | a push of unknown fate (died in COMMIT) only partly there          | G1        |
-//! | stray           | an applied row that matches no event of the projection's scope     | G7        |
+//! | stray           | an applied row that matches no event of the projection's scope     | G11, G4   |
 //! | dropped         | a connection lost without a fault of ours (a crashed backend?)     | G9        |
 //! | errors          | an unexpected error (deadlock, unique violation...)                | G2, G9    |
 
