@@ -261,7 +261,7 @@ fn roles_get_only_what_they_are_granted() {
 fn lock_writer_as_the_first_call_of_a_transaction_works_for_a_writer_role() {
     // With eventstore preloaded, lock_writer registers the transaction with the horizon and
     // reads the last position: as the owner, not as the caller (no privilege on the sequence).
-    let (mut admin, role, a, _) = tenant_bound_setup();
+    let (_admin, role, a, _) = tenant_bound_setup();
     let mut app = connect_as(&role);
     bind(&mut app, &a);
     let mut tx = app.transaction().unwrap();
