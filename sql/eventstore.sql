@@ -235,8 +235,9 @@ COMMENT ON VIEW eventstore.projection_status IS
     'checkpoint = head, 0 behind.';
 
 
--- Waking a worker without polling (src/wakeup.rs). A transaction that pushed also sends one
--- NOTIFY on channel eventstore_events when it commits: {"instance_id": ..., "position": ...}.
+-- Waking a worker without polling (src/wakeup.rs). With eventstore.notify = on (off by
+-- default), a transaction that pushed also sends one NOTIFY on channel eventstore_events when it
+-- commits: {"position": ...}, no tenant name (any role may LISTEN; the payload is a hint).
 CREATE FUNCTION eventstore.wait_for_events(
     projection  text,
     instance_id text    DEFAULT NULL,

@@ -1,10 +1,12 @@
-//! Waking workers without polling: one NOTIFY per writing transaction, and
-//! `eventstore.wait_for_events`, a sleep on the session's latch that a committing writer ends.
+//! Waking workers without polling: `eventstore.wait_for_events`, a sleep on the session's latch
+//! that a committing writer ends, and, when `eventstore.notify` is on, one NOTIFY per writing
+//! transaction.
 //!
-//! - **NOTIFY**: when a transaction that pushed commits, channel [`CHANNEL`] gets one
-//!   notification, sent just before the commit (PostgreSQL delivers it only if the commit
-//!   succeeds): `{"instance_id": "<instance>", "position": <highest position written>}`, with
-//!   `instance_id` null when the transaction wrote to more than one instance.
+//! - **NOTIFY** (off by default: it serializes the commits of notifying writers): when a
+//!   transaction that pushed commits, channel [`CHANNEL`] gets one notification, sent just
+//!   before the commit (PostgreSQL delivers it only if the commit succeeds):
+//!   `{"position": <highest position written>}`. No tenant name: any role that can connect may
+//!   LISTEN, and NOTIFY on the channel too, so a payload is an untrusted hint.
 //! - **wait_for_events**: the waiting session holds a shared waiter lock for its instance (or
 //!   for every instance), checks for new events, and sleeps on its latch. A writer, once its
 //!   commit is visible, sets the latch of every holder of its instances' waiter keys and of the
@@ -29,16 +31,17 @@ use crate::locks::{self, LockKey};
 use crate::query::{self, Arg, Snapshot};
 use crate::tenancy;
 
-/// `eventstore.notify`: whether a writing transaction sends its NOTIFY (on by default).
-pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// `eventstore.notify`: whether a writing transaction sends its NOTIFY (off by default).
+pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// Defines `eventstore.notify`; called once, when the library is loaded.
 pub fn define_settings() {
     GucRegistry::define_bool_guc(c"eventstore.notify",
         c"Whether a transaction that pushed sends one NOTIFY on eventstore_events when it commits.",
-        c"PostgreSQL serializes the commits of all notifying transactions of a database (a lock \
-          held from the notification until the commit is flushed); turn it off when many \
-          concurrent writers matter more than LISTEN. wait_for_events works either way.",
+        c"Off by default. The payload is {\"position\": <highest position written>}, a hint: any \
+          role that can connect may LISTEN and NOTIFY on the channel. PostgreSQL serializes the \
+          commits of all notifying transactions of a database (a lock held from the \
+          notification until the commit is flushed). wait_for_events works either way.",
         &NOTIFY, GucContext::Userset, GucFlags::default());
 }
 
@@ -88,7 +91,7 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
     match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
             // Queued now, delivered by PostgreSQL only if the commit succeeds.
-            let payload = PUSHED.with_borrow(|p| p.as_ref().map(notification));
+            let payload = PUSHED.with_borrow(|p| p.as_ref().map(|p| notification(p.highest_position)));
             if let Some(payload) = payload.filter(|_| NOTIFY.get()) {
                 let channel = CString::new(CHANNEL).expect("no NUL in the channel name");
                 let payload = CString::new(payload).expect("JSON has no NUL");
@@ -116,13 +119,10 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
     }
 }
 
-/// The payload: `{"instance_id": ..., "position": ...}`.
-fn notification(pushed: &Pushed) -> String {
-    let instance_id = match pushed.instance_ids.as_slice() {
-        [only] => serde_json::Value::String(only.clone()),
-        _ => serde_json::Value::Null,
-    };
-    serde_json::json!({ "instance_id": instance_id, "position": pushed.highest_position }).to_string()
+/// The payload, `{"position": <highest position written>}`: no tenant name, since any role
+/// that can connect may LISTEN (the global position's growth is shared by every tenant anyway).
+fn notification(highest_position: i64) -> String {
+    serde_json::json!({ "position": highest_position }).to_string()
 }
 
 /// `eventstore.wait_for_events(projection, instance_id, timeout_ms)`: true as soon as events

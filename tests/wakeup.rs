@@ -1,37 +1,49 @@
-//! Waking workers: one NOTIFY per writing transaction (channel eventstore_events, payload
-//! instance and highest position), and eventstore.wait_for_events, which sleeps on the latch
-//! until a committing push ends the sleep.
+//! Waking workers: one NOTIFY per writing transaction when eventstore.notify is on (off by
+//! default; channel eventstore_events, payload the highest position and no tenant name), and
+//! eventstore.wait_for_events, which sleeps on the latch until a committing push ends the sleep.
 
 mod common;
 
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{connect, pid, push_one, tenant};
+use common::{connect, connect_as, login_role, pid, push_one, tenant};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 
-fn notifications(listener: &mut Client, within: Duration) -> Vec<serde_json::Value> {
+/// The payloads of the notifications `listener` receives within `within`, as sent.
+fn payloads(listener: &mut Client, within: Duration) -> Vec<String> {
     let mut seen = Vec::new();
     let mut n = listener.notifications();
     let mut iter = n.timeout_iter(within);
     while let Some(note) = iter.next().unwrap() {
         assert_eq!(note.channel(), "eventstore_events");
-        seen.push(serde_json::from_str(note.payload()).unwrap());
+        seen.push(note.payload().to_string());
     }
     seen
+}
+
+fn notifications(listener: &mut Client, within: Duration) -> Vec<serde_json::Value> {
+    payloads(listener, within).iter().map(|p| serde_json::from_str(p).unwrap()).collect()
 }
 
 fn mine(seen: Vec<serde_json::Value>, positions: &[i64]) -> Vec<serde_json::Value> {
     seen.into_iter().filter(|v| positions.contains(&v["position"].as_i64().unwrap_or(-1))).collect()
 }
 
-#[test]
-fn a_transaction_that_pushes_notifies_once_with_its_instance_and_highest_position() {
-    let (t, u) = (tenant("notify"), tenant("notify-other"));
+/// A connection listening on eventstore_events, and a writer with eventstore.notify on.
+fn listener_and_notifying_writer() -> (Client, Client) {
     let mut listener = connect();
     listener.batch_execute("LISTEN eventstore_events").unwrap();
     let mut writer = connect();
+    writer.batch_execute("SET eventstore.notify = on").unwrap();
+    (listener, writer)
+}
+
+#[test]
+fn with_notify_on_a_transaction_that_pushes_notifies_once_with_its_highest_position() {
+    let (t, u) = (tenant("notify"), tenant("notify-other"));
+    let (mut listener, mut writer) = listener_and_notifying_writer();
 
     let mut tx = writer.transaction().unwrap();
     let mut positions = Vec::new();
@@ -41,7 +53,7 @@ fn a_transaction_that_pushes_notifies_once_with_its_instance_and_highest_positio
     tx.commit().unwrap();
     let highest = *positions.iter().max().unwrap();
     let seen = mine(notifications(&mut listener, Duration::from_millis(500)), &positions);
-    assert_eq!(seen, vec![serde_json::json!({"instance_id": t, "position": highest})]);
+    assert_eq!(seen, vec![serde_json::json!({"position": highest})]);
 
     let mut rolled_back = writer.transaction().unwrap();
     let lost = push_one(&mut rolled_back, &t, "c", "e").1;
@@ -54,22 +66,42 @@ fn a_transaction_that_pushes_notifies_once_with_its_instance_and_highest_positio
     let last = push_one(&mut two, &u, "d", "e").1;
     two.commit().unwrap();
     let seen = mine(notifications(&mut listener, Duration::from_millis(500)), &[last]);
-    assert_eq!(seen, vec![serde_json::json!({"instance_id": null, "position": last})],
-        "several instances: instance_id null");
+    assert_eq!(seen, vec![serde_json::json!({"position": last})], "several instances: one notification");
 }
 
 #[test]
-fn with_eventstore_notify_off_a_push_notifies_no_one() {
-    let t = tenant("notify-off");
+fn notify_is_off_by_default_and_eventstore_notify_turns_it_on() {
+    let t = tenant("notify-default");
     let mut listener = connect();
     listener.batch_execute("LISTEN eventstore_events").unwrap();
     let mut writer = connect();
-    writer.batch_execute("SET eventstore.notify = off").unwrap();
     let quiet = push_one(&mut writer, &t, "a", "e").1;
-    writer.batch_execute("RESET eventstore.notify").unwrap();
+    writer.batch_execute("SET eventstore.notify = on").unwrap();
     let loud = push_one(&mut writer, &t, "a", "e").1;
-    let seen = mine(notifications(&mut listener, Duration::from_millis(500)), &[quiet, loud]);
-    assert_eq!(seen, vec![serde_json::json!({"instance_id": t, "position": loud})]);
+    writer.batch_execute("SET eventstore.notify = off").unwrap();
+    let off = push_one(&mut writer, &t, "a", "e").1;
+    let seen = mine(notifications(&mut listener, Duration::from_millis(500)), &[quiet, loud, off]);
+    assert_eq!(seen, vec![serde_json::json!({"position": loud})]);
+}
+
+#[test]
+fn a_listener_without_any_eventstore_grant_learns_no_tenant_name() {
+    let t = tenant("secret-tenant");
+    let mut admin = connect();
+    let snoop = login_role(&mut admin, "snoop", &[], "");
+    let mut listener = connect_as(&snoop);
+    listener.batch_execute("LISTEN eventstore_events").unwrap();
+    let mut writer = connect();
+    writer.batch_execute("SET eventstore.notify = on").unwrap();
+    let position = push_one(&mut writer, &t, "a", "e").1;
+
+    let seen: Vec<String> = payloads(&mut listener, Duration::from_millis(500)).into_iter()
+        .filter(|p| serde_json::from_str::<serde_json::Value>(p).unwrap()["position"] == position)
+        .collect();
+    assert_eq!(seen.len(), 1, "the listener gets the notification: {seen:?}");
+    assert!(!seen[0].contains("secret-tenant"), "no tenant name: {}", seen[0]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&seen[0]).unwrap(),
+        serde_json::json!({"position": position}));
 }
 
 /// A new tenant with one event, and a connection on which projection `p` of that tenant has
