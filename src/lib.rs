@@ -11,6 +11,7 @@ use pgrx::prelude::*;
 mod catchup; // projection_catchup, lock_projection
 mod counter; // next_number
 mod push; // push (both forms), lock_writer
+mod xact; // the transaction's end: horizon registration cleared, then NOTIFY and wake-ups
 mod wakeup; // wait_for_events, NOTIFY
 
 // The mechanisms they share.
@@ -35,6 +36,7 @@ extension_sql_file!("../sql/eventstore.sql", name = "schema", bootstrap);
 pub extern "C-unwind" fn _PG_init() {
     wakeup::define_settings();
     horizon::init();
+    xact::init();
 }
 
 /// Required by `cargo pgrx test`.

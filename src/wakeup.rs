@@ -1,23 +1,23 @@
 //! Waking workers without polling: `eventstore.wait_for_events`, a sleep on the session's latch
-//! that a committing writer ends, and, when `eventstore.notify` is on, one NOTIFY per writing
-//! transaction.
+//! that a writer's commit ends, and, when `eventstore.notify` is on, one NOTIFY per writing
+//! transaction. When they happen is decided by the transaction callback (src/xact.rs).
 //!
+//! - **wait_for_events**: the waiting session holds a shared waiter lock for its instance (or
+//!   for every instance), checks for new events, and sleeps on its latch. A writer, once its
+//!   outcome is visible and its horizon registration cleared, sets the latch of every holder of
+//!   its instances' waiter keys and of the every-instance key. The check comes after the lock
+//!   and before the sleep, and a latch set meanwhile ends the sleep at once, so no commit is
+//!   missed. One statement, no LISTEN connection: it works behind a transaction-pooling
+//!   PgBouncer.
 //! - **NOTIFY** (off by default: it serializes the commits of notifying writers): when a
 //!   transaction that pushed commits, channel [`CHANNEL`] gets one notification, sent just
 //!   before the commit (PostgreSQL delivers it only if the commit succeeds):
 //!   `{"position": <highest position written>}`. No tenant name: any role that can connect may
 //!   LISTEN, and NOTIFY on the channel too, so a payload is an untrusted hint.
-//! - **wait_for_events**: the waiting session holds a shared waiter lock for its instance (or
-//!   for every instance), checks for new events, and sleeps on its latch. A writer, once its
-//!   commit is visible, sets the latch of every holder of its instances' waiter keys and of the
-//!   every-instance key. The check comes after the lock and before the sleep, and a latch set
-//!   meanwhile ends the sleep at once, so no commit is missed. One statement, no LISTEN
-//!   connection: it works behind a transaction-pooling PgBouncer.
 //!
 //! A prepared transaction (PREPARE TRANSACTION) that pushed sends no notification and wakes
 //! nobody when it is committed later; sleepers then wake at their timeout.
 
-use std::cell::RefCell;
 use std::ffi::CString;
 
 use pgrx::pg_sys;
@@ -50,79 +50,38 @@ pub const CHANNEL: &str = "eventstore_events";
 /// Longest wait one call may ask for.
 pub const MAX_WAIT_MS: i32 = 3_600_000;
 
-/// What the current transaction has pushed so far.
-struct Pushed {
-    instance_ids: Vec<String>,
-    highest_position: i64,
-}
-
-thread_local! {
-    static PUSHED: RefCell<Option<Pushed>> = const { RefCell::new(None) };
-    static CALLBACK_REGISTERED: RefCell<bool> = const { RefCell::new(false) };
-}
-
-/// Notes a push of the current transaction, for its notification and its wake-ups at commit.
-pub fn pushed(instance_ids: &[&str], highest_position: i64) {
-    CALLBACK_REGISTERED.with_borrow_mut(|registered| {
-        if !*registered {
-            // SAFETY: registers a plain function with no argument, once per backend.
-            unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
-            *registered = true;
-        }
-    });
-    PUSHED.with_borrow_mut(|pushed| {
-        let pushed = pushed.get_or_insert_with(|| Pushed { instance_ids: Vec::new(), highest_position: 0 });
-        for instance_id in instance_ids {
-            if !pushed.instance_ids.iter().any(|i| i == instance_id) {
-                pushed.instance_ids.push(instance_id.to_string());
-            }
-        }
-        pushed.highest_position = pushed.highest_position.max(highest_position);
-    });
-}
-
 extern "C-unwind" {
     /// commands/async.h; not in pgrx's bindings.
     fn Async_Notify(channel: *const std::ffi::c_char, payload: *const std::ffi::c_char);
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    match event {
-        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
-            // Queued now, delivered by PostgreSQL only if the commit succeeds.
-            let payload = PUSHED.with_borrow(|p| p.as_ref().map(|p| notification(p.highest_position)));
-            if let Some(payload) = payload.filter(|_| NOTIFY.get()) {
-                let channel = CString::new(CHANNEL).expect("no NUL in the channel name");
-                let payload = CString::new(payload).expect("JSON has no NUL");
-                // SAFETY: both are NUL-terminated strings that live across the call.
-                unsafe { Async_Notify(channel.as_ptr(), payload.as_ptr()) };
-            }
-        }
-        pg_sys::XactEvent::XACT_EVENT_COMMIT => {
-            // The commit is visible now. Nothing here may raise (the transaction is committed).
-            if let Some(pushed) = PUSHED.take() {
-                let mut keys: Vec<LockKey> = pushed.instance_ids.iter()
-                    .map(|i| locks::waiter_key(Some(i))).collect();
-                keys.push(locks::waiter_key(None));
-                keys.sort();
-                keys.dedup();
-                locks::wake_waiters(&keys);
-            }
-        }
-        pg_sys::XactEvent::XACT_EVENT_ABORT
-        | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
-        | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
-            PUSHED.take();
-        }
-        _ => {}
+/// Queues the NOTIFY of a transaction that pushed, when `eventstore.notify` is on: called by
+/// the transaction callback (src/xact.rs) just before the commit; PostgreSQL delivers it only
+/// if the commit succeeds.
+pub fn notify(highest_position: i64) {
+    if !NOTIFY.get() {
+        return;
     }
+    let channel = CString::new(CHANNEL).expect("no NUL in the channel name");
+    let payload = CString::new(notification(highest_position)).expect("JSON has no NUL");
+    // SAFETY: both are NUL-terminated strings that live across the call.
+    unsafe { Async_Notify(channel.as_ptr(), payload.as_ptr()) };
 }
 
 /// The payload, `{"position": <highest position written>}`: no tenant name, since any role
 /// that can connect may LISTEN (the global position's growth is shared by every tenant anyway).
 fn notification(highest_position: i64) -> String {
     serde_json::json!({ "position": highest_position }).to_string()
+}
+
+/// Sets the latch of every session waiting for events of `instance_ids` or of every instance.
+/// Called once a transaction's outcome is visible (src/xact.rs); raises nothing.
+pub fn wake<'a>(instance_ids: impl IntoIterator<Item = &'a str>) {
+    let mut keys: Vec<LockKey> = instance_ids.into_iter().map(|i| locks::waiter_key(Some(i))).collect();
+    keys.push(locks::waiter_key(None));
+    keys.sort();
+    keys.dedup();
+    locks::wake_waiters(&keys);
 }
 
 /// `eventstore.wait_for_events(projection, instance_id, timeout_ms)`: true as soon as events

@@ -1,6 +1,7 @@
-//! Waking workers: one NOTIFY per writing transaction when eventstore.notify is on (off by
-//! default; channel eventstore_events, payload the highest position and no tenant name), and
-//! eventstore.wait_for_events, which sleeps on the latch until a committing push ends the sleep.
+//! Waking workers: eventstore.wait_for_events, which sleeps on the latch until a writer's commit
+//! (or the end of a writer that held the horizon back) ends the sleep, within milliseconds and
+//! every time, in either horizon mode; and the NOTIFY (off by default, channel
+//! eventstore_events, payload the highest position and no tenant name).
 
 mod common;
 
@@ -207,4 +208,115 @@ fn a_wait_ends_only_when_a_catchup_could_hand_something_out() {
     slow_tx.commit().unwrap();
     assert!(handle.join().unwrap());
     assert!(committed.elapsed() < Duration::from_secs(3));
+}
+
+// -------------------------------------------------------------------------------------------
+// Wake-ups are never lost: measured over many rounds, in whichever horizon mode the cluster
+// runs (scripts/test runs this file against both).
+
+const ROUNDS: usize = 100;
+/// Each waiter's timeout: a waiter that reaches it was not woken.
+const ROUND_TIMEOUT_MS: i32 = 1500;
+/// Enough to show a lost wake-up; stops a broken build's run early.
+const TIMEOUTS_BEFORE_GIVING_UP: usize = 5;
+const P99_BOUND: Duration = Duration::from_millis(200);
+
+/// One writer's part in a round: `hold` opens its transaction (and may let `other` commit an
+/// event meanwhile); `end` (COMMIT or ROLLBACK) must then wake the waiter.
+struct Round {
+    hold: fn(holder: &mut Client, other: &mut Client, tenant: &str),
+    end: &'static str,
+}
+
+/// Runs [`ROUNDS`] rounds of: a caught-up waiter of projection `p` sleeps in wait_for_events
+/// while the holder's transaction is open, then the holder's transaction ends. Asserts that
+/// no waiter slept to its timeout and that the 99th percentile of the time from just before
+/// the end to the waiter's return is under [`P99_BOUND`]. (A waiter that returned before the
+/// end, as in barrier mode where a committed event behind an open writer is reachable at once,
+/// counts as zero.)
+fn assert_every_waiter_wakes_promptly(p: &str, round: Round) {
+    let (mut admin, t) = caught_up(p);
+    let mode: String = admin.query_one("SELECT eventstore.horizon_mode()", &[]).unwrap().get(0);
+    let (mut holder, mut other) = (connect(), connect());
+    let mut waiter = Some(connect());
+    let waiter_pid = pid(waiter.as_mut().unwrap());
+    let mut latencies = Vec::new();
+    let mut timeouts = 0;
+    for _ in 0..ROUNDS {
+        (round.hold)(&mut holder, &mut other, &t);
+        let mut client = waiter.take().unwrap();
+        let (p2, t2) = (p.to_string(), t.clone());
+        let sleeper = thread::spawn(move || {
+            let started = Instant::now();
+            let found: bool = client.query_one("SELECT eventstore.wait_for_events($1, $2, $3)",
+                &[&p2, &t2, &ROUND_TIMEOUT_MS]).unwrap().get(0);
+            // Past its timeout the waiter checks once more, and may then find the event.
+            let timed_out = !found || started.elapsed() >= Duration::from_millis(ROUND_TIMEOUT_MS as u64);
+            (client, timed_out, Instant::now())
+        });
+        let asleep_by = Instant::now() + Duration::from_secs(1);
+        while !sleeper.is_finished() && Instant::now() < asleep_by {
+            let event: Option<String> = admin.query_one(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", &[&waiter_pid]).unwrap().get(0);
+            if event.as_deref() == Some("Extension") {
+                break;
+            }
+        }
+        let ending = Instant::now();
+        holder.batch_execute(round.end).unwrap();
+        let (client, timed_out, returned) = sleeper.join().unwrap();
+        waiter = Some(client);
+        if !timed_out {
+            latencies.push(returned.saturating_duration_since(ending));
+        } else {
+            timeouts += 1;
+            if timeouts == TIMEOUTS_BEFORE_GIVING_UP {
+                break;
+            }
+        }
+        admin.query("SELECT 1 FROM eventstore.projection_catchup($1, $2, 100000)", &[&p, &t]).unwrap();
+    }
+    latencies.sort();
+    let rounds = latencies.len() + timeouts;
+    let percentile = |q: f64| latencies.get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
+    let summary = format!("{p} ({mode}): {timeouts} of {rounds} waiters slept to their {ROUND_TIMEOUT_MS} ms \
+        timeout; woken: p50 {:?}, p99 {:?}, max {:?}", percentile(0.5), percentile(0.99), latencies.last());
+    println!("{summary}");
+    assert_eq!(timeouts, 0, "{summary}");
+    assert!(percentile(0.99).unwrap() < P99_BOUND, "{summary}");
+}
+
+#[test]
+fn a_commit_wakes_a_waiter_of_its_instance_within_milliseconds_every_time() {
+    assert_every_waiter_wakes_promptly("wake-commit", Round {
+        hold: |holder, _, t| {
+            holder.batch_execute("BEGIN").unwrap();
+            push_one(holder, t, "a", "new");
+        },
+        end: "COMMIT",
+    });
+}
+
+#[test]
+fn a_lock_writer_only_transaction_that_held_the_horizon_back_wakes_the_waiter_when_it_commits() {
+    assert_every_waiter_wakes_promptly("wake-lock-writer", Round {
+        hold: |holder, other, t| {
+            holder.batch_execute("BEGIN").unwrap();
+            holder.execute("SELECT eventstore.lock_writer($1)", &[&t]).unwrap();
+            push_one(other, t, "a", "behind the held writer");
+        },
+        end: "COMMIT",
+    });
+}
+
+#[test]
+fn a_rolled_back_push_that_held_the_horizon_back_wakes_the_waiter() {
+    assert_every_waiter_wakes_promptly("wake-rollback", Round {
+        hold: |holder, other, t| {
+            holder.batch_execute("BEGIN").unwrap();
+            push_one(holder, t, "held", "rolled back");
+            push_one(other, t, "a", "behind the held writer");
+        },
+        end: "ROLLBACK",
+    });
 }

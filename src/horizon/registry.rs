@@ -16,11 +16,12 @@
 //! abort callback, which runs after its outcome is visible to every snapshot taken later, and
 //! the catch-up reads its batch under such a snapshot (query::Snapshot::Latest).
 //!
-//! The slot is cleared at commit and abort (both callbacks run after ProcArrayEndTransaction)
-//! and when the backend exits. PREPARE TRANSACTION is refused for a registered transaction: a
-//! prepared transaction outlives its backend, and the registry could not follow it. After a
-//! restart the registry is empty (no transaction survives one), and the position sequence,
-//! WAL-logged, resumes above every stored position.
+//! The slot is cleared at commit and abort (by eventstore's transaction callback, src/xact.rs,
+//! which runs after ProcArrayEndTransaction and clears the slot before it wakes anyone) and when
+//! the backend exits. PREPARE TRANSACTION is refused for a registered transaction: a prepared
+//! transaction outlives its backend, and the registry could not follow it. After a restart the
+//! registry is empty (no transaction survives one), and the position sequence, WAL-logged,
+//! resumes above every stored position.
 
 use std::cell::Cell;
 use std::ffi::CStr;
@@ -106,7 +107,7 @@ static mut PREVIOUS_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 thread_local! {
     /// This backend's registration in the current transaction, if any.
     static REGISTERED: Cell<Option<Scope>> = const { Cell::new(None) };
-    static CALLBACKS_SET: Cell<bool> = const { Cell::new(false) };
+    static EXIT_HOOK_SET: Cell<bool> = const { Cell::new(false) };
 }
 
 /// From `_PG_init`: asks for the registry's shared memory when preloaded; otherwise nothing,
@@ -252,14 +253,12 @@ pub fn draw(scope: Scope, draw: impl FnOnce() -> i64) -> i64 {
     if registered.is_some_and(|mine| mine.covers(scope)) {
         return draw();
     }
-    set_callbacks();
+    set_exit_hook();
     let locked = Locked::exclusive();
     let slot = locked.my_slot();
     let position = match registered {
         Some(mine) => {
-            let widened = mine.union(scope);
-            set_scope(slot, widened);
-            REGISTERED.set(Some(widened));
+            widen(slot, mine, scope);
             draw()
         }
         None => {
@@ -282,12 +281,11 @@ pub fn register_writer(scope: Scope, last_drawn: impl FnOnce() -> i64) {
         Some(mine) if mine.covers(scope) => {}
         Some(mine) => {
             let locked = Locked::exclusive();
-            set_scope(locked.my_slot(), mine.union(scope));
-            REGISTERED.set(Some(mine.union(scope)));
+            widen(locked.my_slot(), mine, scope);
         }
         None => {
             let floor = last_drawn() + 1;
-            set_callbacks();
+            set_exit_hook();
             let locked = Locked::exclusive();
             register(locked.my_slot(), floor, scope);
         }
@@ -300,6 +298,13 @@ fn register(slot: &mut Slot, floor: i64, scope: Scope) {
     slot.floor = floor;
     set_scope(slot, scope);
     REGISTERED.set(Some(scope));
+}
+
+/// Widens the registration of scope `mine` to cover `scope` as well.
+fn widen(slot: &mut Slot, mine: Scope, scope: Scope) {
+    let widened = mine.union(scope);
+    set_scope(slot, widened);
+    REGISTERED.set(Some(widened));
 }
 
 fn set_scope(slot: &mut Slot, scope: Scope) {
@@ -335,17 +340,14 @@ pub fn horizon(instance_id: Option<&str>, last_drawn: impl FnOnce() -> i64) -> i
     }
 }
 
-/// The transaction callback and the exit hook, set once per backend.
-fn set_callbacks() {
-    if CALLBACKS_SET.get() {
+/// The exit hook, set once per backend.
+fn set_exit_hook() {
+    if EXIT_HOOK_SET.get() {
         return;
     }
-    // SAFETY: registers plain functions with no argument, once per backend.
-    unsafe {
-        pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
-        pg_sys::before_shmem_exit(Some(at_exit), pg_sys::Datum::from(0usize));
-    }
-    CALLBACKS_SET.set(true);
+    // SAFETY: registers a plain function with no argument, once per backend.
+    unsafe { pg_sys::before_shmem_exit(Some(at_exit), pg_sys::Datum::from(0usize)) };
+    EXIT_HOOK_SET.set(true);
 }
 
 /// Clears this backend's slot. Raises nothing: it runs in the commit callback, where an ERROR
@@ -360,20 +362,24 @@ fn clear() {
     REGISTERED.set(None);
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    use pg_sys::XactEvent::*;
-    match event {
-        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT => clear(),
-        XACT_EVENT_PRE_PREPARE if REGISTERED.get().is_some() => errors::raise(
+/// At commit or abort (src/xact.rs), once the outcome is visible to every snapshot taken from
+/// now on: the transaction holds nothing back any more. Raises nothing.
+pub fn transaction_ended() {
+    clear();
+}
+
+/// Before PREPARE TRANSACTION: refused for a registered transaction (its slot could not follow
+/// it out of this backend).
+pub fn refuse_prepare() {
+    if REGISTERED.get().is_some() {
+        errors::raise(
             errors::NOT_SUPPORTED,
             "cannot prepare a transaction that writes events while the eventstore horizon registry is active".into(),
             "eventstore is in shared_preload_libraries (horizon_mode() = 'registry'), which tracks \
              write transactions per backend; a prepared transaction would leave its backend."
                 .into(),
             "Commit the events in a transaction of their own, or run without preloading eventstore.",
-        ),
-        _ => {}
+        );
     }
 }
 

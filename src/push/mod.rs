@@ -22,7 +22,7 @@ use crate::locks;
 use crate::positions;
 use crate::query::{self, Arg, Snapshot};
 use crate::tenancy;
-use crate::wakeup;
+use crate::xact;
 
 use commands::{commands_from_array, commands_from_json, Command, JsonbDatum};
 
@@ -111,6 +111,7 @@ fn append(commands: Vec<Command>) -> Vec<Written> {
              their instance (a push of more than 64 aggregates locks the instance once), or \
              commit in smaller transactions.");
     }
+    xact::writing(&instance_ids);
 
     let written = tenancy::as_owner(|| query::with_spi(|| {
         let mut current = current_sequences(&aggregates);
@@ -148,7 +149,7 @@ fn append(commands: Vec<Command>) -> Vec<Written> {
             timestamptz(created_at), r.owner.clone(),
         )).collect::<Vec<Written>>()
     }));
-    wakeup::pushed(&instance_ids, written.iter().map(|w| w.4).max().unwrap_or(0));
+    xact::pushed(&instance_ids, written.iter().map(|w| w.4).max().unwrap_or(0));
     written
 }
 
@@ -283,6 +284,7 @@ fn lock_writer(instance_id: Option<&str>) {
     let instance_id = require_identifier("instance_id", instance_id);
     tenancy::caller_scope().check(instance_id, "lock_writer");
     locks::lock_writers([instance_id]);
+    xact::writing(&[instance_id]);
     // The last position is read as the owner: the caller has no privilege on the sequence.
     horizon::register_writer(horizon::Scope::instance(instance_id),
         || tenancy::as_owner(|| query::with_spi(positions::last_position)));
