@@ -1,14 +1,15 @@
 //! Waking workers: eventstore.wait_for_events, which sleeps on the latch until a writer's commit
 //! (or the end of a writer that held the horizon back) ends the sleep, within milliseconds and
 //! every time, in either horizon mode; and the NOTIFY (off by default, channel
-//! eventstore_events, payload the highest position and no tenant name).
+//! eventstore_events, payload the highest position and no tenant name), which a push undone by
+//! a caller's ROLLBACK TO SAVEPOINT never sends.
 
 mod common;
 
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{connect, connect_as, login_role, pid, push_one, tenant};
+use common::{connect, connect_as, db_error, login_role, pid, push_one, tenant};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 
@@ -103,6 +104,30 @@ fn a_listener_without_any_eventstore_grant_learns_no_tenant_name() {
     assert!(!seen[0].contains("secret-tenant"), "no tenant name: {}", seen[0]);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&seen[0]).unwrap(),
         serde_json::json!({"position": position}));
+}
+
+#[test]
+fn a_push_undone_by_rollback_to_savepoint_is_not_notified() {
+    let t = tenant("notify-savepoint");
+    let (mut listener, mut writer) = listener_and_notifying_writer();
+
+    // caller's SAVEPOINT (G8 concerns eventstore's own code)
+    let mut tx = writer.transaction().unwrap();
+    let kept = push_one(&mut tx, &t, "a", "kept").1;
+    tx.batch_execute("SAVEPOINT undo").unwrap(); // caller's SAVEPOINT, not ours
+    let undone = push_one(&mut tx, &t, "b", "undone").1;
+    tx.batch_execute("ROLLBACK TO SAVEPOINT undo").unwrap(); // caller's SAVEPOINT, not ours
+    tx.commit().unwrap();
+    assert_eq!(mine(notifications(&mut listener, Duration::from_millis(500)), &[kept, undone]),
+        vec![serde_json::json!({"position": kept})], "the undone position does not exist");
+
+    let mut tx = writer.transaction().unwrap();
+    tx.batch_execute("SAVEPOINT undo").unwrap(); // caller's SAVEPOINT, not ours
+    let undone = push_one(&mut tx, &t, "c", "undone").1;
+    tx.batch_execute("ROLLBACK TO SAVEPOINT undo").unwrap(); // caller's SAVEPOINT, not ours
+    tx.commit().unwrap();
+    assert!(mine(notifications(&mut listener, Duration::from_millis(300)), &[undone]).is_empty(),
+        "a transaction whose only push was undone notifies no one");
 }
 
 /// A new tenant with one event, and a connection on which projection `p` of that tenant has
@@ -319,4 +344,75 @@ fn a_rolled_back_push_that_held_the_horizon_back_wakes_the_waiter() {
         },
         end: "ROLLBACK",
     });
+}
+
+// -------------------------------------------------------------------------------------------
+// A caller's ROLLBACK TO SAVEPOINT undoes a push or lock_writer for the horizon as well.
+
+/// The horizon of `t`, from a session of its own (in barrier mode after the writers of `t`).
+fn horizon_of(t: &str) -> i64 {
+    let mut c = connect();
+    c.batch_execute("SET statement_timeout = '5s'").unwrap();
+    c.query_one("SELECT eventstore.await_writers($1)", &[&t]).unwrap().get(0)
+}
+
+#[test]
+fn a_push_undone_by_rollback_to_savepoint_holds_nothing_back_wakes_waiters_and_may_be_prepared() {
+    let (mut admin, t) = caught_up("savepoint");
+    let mut holder = connect();
+    let mut other = connect();
+
+    // caller's SAVEPOINT (G8 concerns eventstore's own code)
+    holder.batch_execute("BEGIN; SAVEPOINT undo").unwrap(); // caller's SAVEPOINT, not ours
+    push_one(&mut holder, &t, "undone", "undone");
+    let behind = push_one(&mut other, &t, "a", "committed behind it").1;
+    let mut waiter = connect();
+    let t2 = t.clone();
+    let sleeper = thread::spawn(move || {
+        let found: bool = waiter.query_one("SELECT eventstore.wait_for_events('savepoint', $1, 5000)", &[&t2])
+            .unwrap().get(0);
+        (found, Instant::now())
+    });
+    thread::sleep(Duration::from_millis(300));
+    let undone = Instant::now();
+    holder.batch_execute("ROLLBACK TO SAVEPOINT undo").unwrap(); // caller's SAVEPOINT, not ours
+    let (found, returned) = sleeper.join().unwrap();
+    assert!(found && returned.saturating_duration_since(undone) < Duration::from_secs(1),
+        "the waiter is woken when the push is undone ({:?} after)", returned.saturating_duration_since(undone));
+    assert!(horizon_of(&t) >= behind, "the undone push no longer holds the horizon back");
+
+    // The same for lock_writer, with the transaction still open.
+    holder.batch_execute("SAVEPOINT undo_lock").unwrap(); // caller's SAVEPOINT, not ours
+    holder.execute("SELECT eventstore.lock_writer($1)", &[&t]).unwrap();
+    holder.batch_execute("ROLLBACK TO SAVEPOINT undo_lock").unwrap(); // caller's SAVEPOINT, not ours
+    let behind = push_one(&mut other, &t, "a", "committed after the undone lock_writer").1;
+    assert!(horizon_of(&t) >= behind, "the undone lock_writer no longer holds the horizon back");
+
+    // Nothing of eventstore's is left in the transaction: the registry does not refuse PREPARE
+    // (PostgreSQL itself may, when max_prepared_transactions is 0).
+    match holder.batch_execute("PREPARE TRANSACTION 'eventstore_savepoint_test'") {
+        Ok(()) => admin.batch_execute("ROLLBACK PREPARED 'eventstore_savepoint_test'").unwrap(),
+        Err(e) => {
+            let (code, message, _) = db_error(&e);
+            assert_ne!(code, "0A000", "refused by eventstore: {message}");
+        }
+    }
+}
+
+#[test]
+fn a_scope_widened_inside_a_rolled_back_savepoint_is_narrowed_again() {
+    let (t, u, v) = (tenant("narrow-t"), tenant("narrow-u"), tenant("narrow-v"));
+    let mut holder = connect();
+    let mut other = connect();
+
+    // caller's SAVEPOINT (G8 concerns eventstore's own code)
+    holder.batch_execute("BEGIN").unwrap();
+    push_one(&mut holder, &t, "a", "kept, still open");
+    holder.batch_execute("SAVEPOINT widen").unwrap(); // caller's SAVEPOINT, not ours
+    push_one(&mut holder, &u, "a", "undone");
+    holder.batch_execute("ROLLBACK TO SAVEPOINT widen").unwrap(); // caller's SAVEPOINT, not ours
+    let unrelated = push_one(&mut other, &v, "a", "another tenant").1;
+    assert!(horizon_of(&v) >= unrelated,
+        "the open writer writes only to {t} again: a reader of {v} is not held back by it");
+    holder.batch_execute("ROLLBACK").unwrap();
 }

@@ -26,7 +26,7 @@ use crate::positions::last_position;
 use crate::query;
 use crate::tenancy;
 
-pub use registry::{draw, init, refuse_prepare, register_writer, transaction_ended, Scope};
+pub use registry::{draw, init, refuse_prepare, register_writer, subtransaction_aborted, transaction_ended, Scope};
 
 /// The horizon for readers of `instance_id` (every instance when `None`), reading the last
 /// drawn position with `last_drawn`: from the registry at once, or from the barrier after the

@@ -14,11 +14,15 @@
 //! runs, the transaction that drew x either is registered with a floor <= x and a scope covering
 //! x (and the horizon stays below x), or has cleared its slot; it clears only in the commit or
 //! abort callback, which runs after its outcome is visible to every snapshot taken later, and
-//! the catch-up reads its batch under such a snapshot (query::Snapshot::Latest).
+//! the catch-up reads its batch under such a snapshot (query::Snapshot::Latest), or when the
+//! subtransaction that registered rolls back, which x then belongs to: it can never commit.
 //!
 //! The slot is cleared at commit and abort (by eventstore's transaction callback, src/xact.rs,
 //! which runs after ProcArrayEndTransaction and clears the slot before it wakes anyone) and when
-//! the backend exits. PREPARE TRANSACTION is refused for a registered transaction: a prepared
+//! the backend exits. A registration made inside a subtransaction that rolls back (the
+//! caller's ROLLBACK TO) is dropped with it, and a widening of the scope made inside
+//! one is undone: every position drawn under it was drawn inside that subtransaction and can
+//! never commit. PREPARE TRANSACTION is refused for a registered transaction: a prepared
 //! transaction outlives its backend, and the registry could not follow it. After a restart the
 //! registry is empty (no transaction survives one), and the position sequence, WAL-logged,
 //! resumes above every stored position.
@@ -107,6 +111,11 @@ static mut PREVIOUS_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 thread_local! {
     /// This backend's registration in the current transaction, if any.
     static REGISTERED: Cell<Option<Scope>> = const { Cell::new(None) };
+    /// The subtransaction that registered (1: the top transaction).
+    static REGISTERED_IN: Cell<pg_sys::SubTransactionId> = const { Cell::new(0) };
+    /// When a later write widened the scope: the subtransaction that did, and the scope before.
+    /// (A scope widens at most once: from one instance to every instance.)
+    static WIDENED: Cell<Option<(pg_sys::SubTransactionId, Scope)>> = const { Cell::new(None) };
     static EXIT_HOOK_SET: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -298,6 +307,8 @@ fn register(slot: &mut Slot, floor: i64, scope: Scope) {
     slot.floor = floor;
     set_scope(slot, scope);
     REGISTERED.set(Some(scope));
+    REGISTERED_IN.set(current_subtransaction());
+    WIDENED.set(None);
 }
 
 /// Widens the registration of scope `mine` to cover `scope` as well.
@@ -305,6 +316,12 @@ fn widen(slot: &mut Slot, mine: Scope, scope: Scope) {
     let widened = mine.union(scope);
     set_scope(slot, widened);
     REGISTERED.set(Some(widened));
+    WIDENED.set(Some((current_subtransaction(), mine)));
+}
+
+fn current_subtransaction() -> pg_sys::SubTransactionId {
+    // SAFETY: we are inside a transaction; this only reads its state.
+    unsafe { pg_sys::GetCurrentSubTransactionId() }
 }
 
 fn set_scope(slot: &mut Slot, scope: Scope) {
@@ -360,12 +377,34 @@ fn clear() {
     *locked.my_slot() = EMPTY;
     drop(locked);
     REGISTERED.set(None);
+    WIDENED.set(None);
 }
 
 /// At commit or abort (src/xact.rs), once the outcome is visible to every snapshot taken from
 /// now on: the transaction holds nothing back any more. Raises nothing.
 pub fn transaction_ended() {
     clear();
+}
+
+/// When the subtransaction `rolled_back` rolls back: drops a registration made in it (or in a
+/// subtransaction nested in it, whose ids are higher), or undoes a widening of the scope made
+/// there. Every position drawn under either was drawn inside it and can never commit.
+/// Raises nothing.
+pub fn subtransaction_aborted(rolled_back: pg_sys::SubTransactionId) {
+    if REGISTERED.get().is_none() {
+        return;
+    }
+    if REGISTERED_IN.get() >= rolled_back {
+        clear();
+    } else if let Some((widened_in, before)) = WIDENED.get() {
+        if widened_in >= rolled_back {
+            let locked = Locked::exclusive();
+            set_scope(locked.my_slot(), before);
+            drop(locked);
+            REGISTERED.set(Some(before));
+            WIDENED.set(None);
+        }
+    }
 }
 
 /// Before PREPARE TRANSACTION: refused for a registered transaction (its slot could not follow
