@@ -4,7 +4,20 @@
 # postgres user can reach), listens only on 127.0.0.1 and its own port (never 5432), and has
 # the extension installed in the database "eventstore".
 
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+# PostgreSQL 16-18 trees unpacked by scripts/install-deps, one per major version.
+EVENTSTORE_PG_ROOT=${EVENTSTORE_PG_ROOT:-/opt/eventstore-pg}
+
+# pg_bin_for MAJOR: the bin directory of that PostgreSQL version: Debian's for 15, the tree
+# scripts/install-deps unpacked for 16, 17 and 18.
+pg_bin_for() {
+    case $1 in
+        15) echo /usr/lib/postgresql/15/bin ;;
+        16|17|18) echo "$EVENTSTORE_PG_ROOT/$1/bin" ;;
+        *) echo "unsupported PostgreSQL version '$1' (supported: 15, 16, 17, 18)" >&2; return 1 ;;
+    esac
+}
+
+PG_BIN=${PG_BIN:-$(pg_bin_for 15)}
 SCRATCH_ROOT=${SCRATCH_ROOT:-/var/tmp/eventstore}
 
 # as_postgres CMD...: run a command as the postgres OS user (directly if we already are).
@@ -12,12 +25,25 @@ as_postgres() {
     if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
 }
 
+# require_free_port PORT [VARIABLE]: fails, naming the port and the variable that moves it, if
+# something already listens on 127.0.0.1:PORT.
+require_free_port() {
+    local port=$1 variable=${2:-"the EVENTSTORE_*_PORT variable that sets it (see $0)"}
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "$0: port $port on 127.0.0.1 is already in use by another server;" \
+            "choose a free one with $variable" >&2
+        return 1
+    fi
+}
+
 # cluster_start NAME PORT [postgresql.conf lines...]: a fresh cluster, started, with the
-# database "eventstore" and the extension created in it.
+# database "eventstore" and the extension created in it. The port must be free (a caller may
+# set port_variable to the name of the variable that moves it, for the message).
 cluster_start() {
     local name=$1 port=$2; shift 2
     local dir="$SCRATCH_ROOT/$name"
     cluster_stop "$name"
+    require_free_port "$port" ${port_variable:+"$port_variable"} || return 1
     mkdir -p "$SCRATCH_ROOT"
     chmod 1777 "$SCRATCH_ROOT"
     rm -rf "$dir"
