@@ -159,7 +159,8 @@ write_scripts() {
 ensure_pgbouncer
 echo "== scratch cluster on 127.0.0.1:$pg_port, PgBouncer (transaction pooling, pool $POOL_SIZE) on 127.0.0.1:$bouncer_port"
 stop_bouncer
-cluster_start "$cluster" "$pg_port"
+require_free_port "$bouncer_port" EVENTSTORE_PGBOUNCER_PORT
+port_variable=EVENTSTORE_PGBOUNCER_PG_PORT cluster_start "$cluster" "$pg_port"
 start_bouncer
 server <<'SQL'
 CREATE TABLE applied (
