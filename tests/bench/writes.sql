@@ -62,7 +62,7 @@ BEGIN
         IF FOUND THEN
             RAISE EXCEPTION 'aggregate %/%/% is not at the expected sequence',
                     mismatch.instance_id, mismatch.aggregate_type, mismatch.aggregate_id
-                USING ERRCODE = '40001',
+                USING ERRCODE = 'ES409',
                       DETAIL = format('Command %s expected sequence %s, the aggregate is at %s.',
                                       mismatch.ord, mismatch.expected_sequence, mismatch.sequence - 1);
         END IF;
@@ -105,7 +105,7 @@ AS $$
         SELECT *
           FROM unnest(commands) WITH ORDINALITY
                AS c(instance_id, aggregate_type, aggregate_id, event_type, revision, payload,
-                    creator, owner, expected_sequence, ord)
+                    creator, owner, expected_sequence, id, metadata, ord)
     ), current AS (
         SELECT a.instance_id, a.aggregate_type, a.aggregate_id,
                coalesce(last.sequence, 0) AS sequence, last.owner
