@@ -57,3 +57,79 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN ROW(instance_id, aggregate_type, aggregate_id, event_type,
            eventstore.checked_revision(revision), payload, creator, owner, expected_sequence
           )::eventstore.command;
+
+-- Issue 14: event ids and metadata (G14), reading an aggregate as a writer, ES409/ES422.
+ALTER TABLE eventstore.events ADD COLUMN id uuid, ADD COLUMN metadata jsonb;
+-- Event ids are unique where given. Partial: events without an id never enter it, so pushes
+-- without ids do not pay for it.
+CREATE UNIQUE INDEX events_id_key ON eventstore.events (id) WHERE id IS NOT NULL;
+COMMENT ON COLUMN eventstore.events.in_tx_order IS
+    'Index of the event within its push call, from 0 (ZITADEL numbers from 1).';
+COMMENT ON COLUMN eventstore.events.id IS
+    'The event id the command carried, or NULL: unique where not NULL; a push repeating stored '
+    'ids is answered with the stored rows and writes nothing (G14).';
+COMMENT ON COLUMN eventstore.events.metadata IS
+    'The command''s metadata, a JSON object or NULL: correlation_id, causation_id, trace_id...';
+
+-- command gains id and metadata at the end; command() gains them as defaulted parameters, so it
+-- is dropped and created again (a new signature), with its comment and grant.
+DROP FUNCTION eventstore.command(text, text, text, text, jsonb, integer, text, text, bigint);
+ALTER TYPE eventstore.command ADD ATTRIBUTE id uuid, ADD ATTRIBUTE metadata jsonb;
+CREATE FUNCTION eventstore.command(
+    instance_id       text,
+    aggregate_type    text,
+    aggregate_id      text,
+    event_type        text,
+    payload           jsonb   DEFAULT NULL,
+    revision          integer DEFAULT 1,
+    creator           text    DEFAULT NULL,
+    owner             text    DEFAULT NULL,
+    expected_sequence bigint  DEFAULT NULL,
+    id                uuid    DEFAULT NULL,
+    metadata          jsonb   DEFAULT NULL
+) RETURNS eventstore.command
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN ROW(instance_id, aggregate_type, aggregate_id, event_type,
+           eventstore.checked_revision(revision), payload, creator, owner, expected_sequence,
+           id, metadata
+          )::eventstore.command;
+COMMENT ON FUNCTION eventstore.command(text, text, text, text, jsonb, integer, text, text, bigint, uuid, jsonb) IS
+    'Builds an eventstore.command. creator defaults to current_user, owner to the aggregate''s '
+    'owner (or the instance for a new aggregate), revision to 1; id (an event id, for safe '
+    'retries) and metadata (a JSON object) to NULL.';
+REVOKE ALL ON FUNCTION eventstore.command(text, text, text, text, jsonb, integer, text, text, bigint, uuid, jsonb)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eventstore.command(text, text, text, text, jsonb, integer, text, text, bigint, uuid, jsonb)
+    TO eventstore_writer;
+
+-- push returns the event id.
+ALTER TYPE eventstore.pushed ADD ATTRIBUTE id uuid;
+
+-- Reading one aggregate, for writers.
+CREATE FUNCTION eventstore.read_aggregate(
+    instance_id    text,
+    aggregate_type text,
+    aggregate_id   text,
+    from_sequence  bigint  DEFAULT 1,
+    max_count      integer DEFAULT 1000
+) RETURNS SETOF eventstore.events
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'read_aggregate_rows';
+COMMENT ON FUNCTION eventstore.read_aggregate(text, text, text, bigint, integer) IS
+    'The aggregate''s events with sequence >= from_sequence, in sequence order, at most '
+    'max_count (1..100000).';
+
+CREATE FUNCTION eventstore.aggregate_sequence(instance_id text, aggregate_type text, aggregate_id text)
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'aggregate_sequence_wrapper';
+COMMENT ON FUNCTION eventstore.aggregate_sequence(text, text, text) IS
+    'The aggregate''s current sequence, 0 when it has no event: the expected_sequence of its '
+    'next command.';
+REVOKE ALL ON FUNCTION eventstore.read_aggregate(text, text, text, bigint, integer),
+    eventstore.aggregate_sequence(text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eventstore.read_aggregate(text, text, text, bigint, integer),
+    eventstore.aggregate_sequence(text, text, text)
+    TO eventstore_writer, eventstore_reader, eventstore_projector;

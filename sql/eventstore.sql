@@ -11,7 +11,9 @@
 CREATE SEQUENCE eventstore.position_seq AS bigint CACHE 1 NO CYCLE;
 
 -- One row per event. The primary key is the aggregate's gapless sequence (G2); position is
--- the global order catch-up reads in (G3, G7).
+-- the global order catch-up reads in (G3, G7). id is the event id a caller may give (unique
+-- where given: a retried push is recognized by it, G14); metadata is the caller's
+-- correlation_id, causation_id, trace_id and the like.
 CREATE TABLE eventstore.events (
     instance_id    text        NOT NULL,
     aggregate_type text        NOT NULL,
@@ -25,6 +27,8 @@ CREATE TABLE eventstore.events (
     created_at     timestamptz NOT NULL,
     position       bigint      NOT NULL,
     in_tx_order    integer     NOT NULL,
+    id             uuid,
+    metadata       jsonb,
     CONSTRAINT events_pkey PRIMARY KEY (instance_id, aggregate_type, aggregate_id, sequence),
     CONSTRAINT events_position_key UNIQUE (position)
 );
@@ -36,6 +40,9 @@ CREATE INDEX events_instance_position ON eventstore.events (instance_id, positio
 CREATE INDEX events_instance_aggregate_type_position
     ON eventstore.events (instance_id, aggregate_type, position);
 CREATE INDEX events_aggregate_type_position ON eventstore.events (aggregate_type, position);
+-- Event ids are unique where given. Partial: events without an id never enter it, so pushes
+-- without ids do not pay for it.
+CREATE UNIQUE INDEX events_id_key ON eventstore.events (id) WHERE id IS NOT NULL;
 
 COMMENT ON TABLE eventstore.events IS
     'The event log: one row per event, written only by eventstore.push.';
@@ -44,9 +51,15 @@ COMMENT ON COLUMN eventstore.events.sequence IS
 COMMENT ON COLUMN eventstore.events.position IS
     'Global position: unique, drawn after the writer and aggregate locks are held (G3).';
 COMMENT ON COLUMN eventstore.events.in_tx_order IS
-    'Index of the event within its push call, from 0.';
+    'Index of the event within its push call, from 0 (ZITADEL numbers from 1).';
+COMMENT ON COLUMN eventstore.events.id IS
+    'The event id the command carried, or NULL: unique where not NULL; a push repeating stored '
+    'ids is answered with the stored rows and writes nothing (G14).';
+COMMENT ON COLUMN eventstore.events.metadata IS
+    'The command''s metadata, a JSON object or NULL: correlation_id, causation_id, trace_id...';
 
--- What a caller builds: ZITADEL's field order, plus expected_sequence (NULL = no check).
+-- What a caller builds: ZITADEL's field order, plus expected_sequence (NULL = no check), the
+-- event id and the metadata.
 CREATE TYPE eventstore.command AS (
     instance_id       text,
     aggregate_type    text,
@@ -56,7 +69,9 @@ CREATE TYPE eventstore.command AS (
     payload           jsonb,
     creator           text,
     owner             text,
-    expected_sequence bigint
+    expected_sequence bigint,
+    id                uuid,
+    metadata          jsonb
 );
 COMMENT ON TYPE eventstore.command IS
     'One event to append. Build it with eventstore.command(...).';
@@ -78,18 +93,22 @@ CREATE FUNCTION eventstore.command(
     revision          integer DEFAULT 1,
     creator           text    DEFAULT NULL,
     owner             text    DEFAULT NULL,
-    expected_sequence bigint  DEFAULT NULL
+    expected_sequence bigint  DEFAULT NULL,
+    id                uuid    DEFAULT NULL,
+    metadata          jsonb   DEFAULT NULL
 ) RETURNS eventstore.command
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 -- A SQL-standard body is bound when the function is created, so no search_path can change what
 -- it means, and without a SET clause the planner inlines it into the caller's query (a SET
 -- clause would make every call parse and plan it anew).
 RETURN ROW(instance_id, aggregate_type, aggregate_id, event_type,
-           eventstore.checked_revision(revision), payload, creator, owner, expected_sequence
+           eventstore.checked_revision(revision), payload, creator, owner, expected_sequence,
+           id, metadata
           )::eventstore.command;
-COMMENT ON FUNCTION eventstore.command(text, text, text, text, jsonb, integer, text, text, bigint) IS
+COMMENT ON FUNCTION eventstore.command(text, text, text, text, jsonb, integer, text, text, bigint, uuid, jsonb) IS
     'Builds an eventstore.command. creator defaults to current_user, owner to the aggregate''s '
-    'owner (or the instance for a new aggregate), revision to 1.';
+    'owner (or the instance for a new aggregate), revision to 1; id (an event id, for safe '
+    'retries) and metadata (a JSON object) to NULL.';
 
 -- What push returns: one row per event written.
 CREATE TYPE eventstore.pushed AS (
@@ -100,7 +119,8 @@ CREATE TYPE eventstore.pushed AS (
     "position"     bigint,
     in_tx_order    integer,
     created_at     timestamptz,
-    owner          text
+    owner          text,
+    id             uuid
 );
 COMMENT ON TYPE eventstore.pushed IS 'One event written by eventstore.push.';
 
@@ -132,6 +152,31 @@ SET search_path = pg_catalog, pg_temp
 AS $$ SELECT * FROM eventstore.push(commands::jsonb) $$;
 COMMENT ON FUNCTION eventstore.push(text) IS
     'push(jsonb) for a JSON text, so that an untyped parameter or literal needs no cast.';
+
+-- Reading one aggregate (src/read.rs), for writers that load an aggregate to decide: tenancy
+-- as push (a bound session reads only its tenant), run as the owner.
+CREATE FUNCTION eventstore.read_aggregate(
+    instance_id    text,
+    aggregate_type text,
+    aggregate_id   text,
+    from_sequence  bigint  DEFAULT 1,
+    max_count      integer DEFAULT 1000
+) RETURNS SETOF eventstore.events
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'read_aggregate_rows';
+COMMENT ON FUNCTION eventstore.read_aggregate(text, text, text, bigint, integer) IS
+    'The aggregate''s events with sequence >= from_sequence, in sequence order, at most '
+    'max_count (1..100000).';
+
+CREATE FUNCTION eventstore.aggregate_sequence(instance_id text, aggregate_type text, aggregate_id text)
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'aggregate_sequence_wrapper';
+COMMENT ON FUNCTION eventstore.aggregate_sequence(text, text, text) IS
+    'The aggregate''s current sequence, 0 when it has no event: the expected_sequence of its '
+    'next command.';
 
 -- Lock helpers, all transaction-scoped (safe behind a transaction-pooling PgBouncer).
 CREATE FUNCTION eventstore.lock_writer(instance_id text)
@@ -311,14 +356,16 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA eventstore FROM PUBLIC;
 REVOKE ALL ON TYPE eventstore.command, eventstore.pushed FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA eventstore TO eventstore_writer, eventstore_reader, eventstore_projector;
-GRANT EXECUTE ON FUNCTION eventstore.horizon_mode()
+GRANT EXECUTE ON FUNCTION eventstore.horizon_mode(),
+    eventstore.read_aggregate(text, text, text, bigint, integer),
+    eventstore.aggregate_sequence(text, text, text)
     TO eventstore_writer, eventstore_reader, eventstore_projector;
 
 -- eventstore_writer: push and the writer lock (plus next_number, for numbers in the same
 -- transaction as the events).
 GRANT USAGE ON TYPE eventstore.command, eventstore.pushed TO eventstore_writer;
 GRANT EXECUTE ON FUNCTION
-    eventstore.command(text, text, text, text, jsonb, integer, text, text, bigint),
+    eventstore.command(text, text, text, text, jsonb, integer, text, text, bigint, uuid, jsonb),
     eventstore.checked_revision(integer),
     eventstore.push(eventstore.command[]),
     eventstore.push(jsonb),

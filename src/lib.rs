@@ -11,6 +11,7 @@ use pgrx::prelude::*;
 mod catchup; // projection_catchup, lock_projection
 mod counter; // next_number
 mod push; // push (both forms), lock_writer
+mod read; // read_aggregate, aggregate_sequence
 mod xact; // the transaction's end: horizon registration cleared, then NOTIFY and wake-ups
 mod wakeup; // wait_for_events, NOTIFY
 

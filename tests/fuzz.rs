@@ -17,7 +17,7 @@
 //! - good input succeeds: one row per command, every event in the table as the call returned
 //!   it (payload included), sequences continuing gaplessly from what each aggregate had,
 //!   positions growing in command order;
-//! - good input whose expected_sequence does not match fails with 40001 and writes nothing.
+//! - good input whose expected_sequence does not match fails with ES409 and writes nothing.
 //!
 //! A second connection opened first must still answer at the end (a crashed backend makes the
 //! postmaster end every session), and the server log, when readable, must show no crash.

@@ -66,8 +66,10 @@ fn expected_sequence_is_accepted_when_it_matches_and_refused_otherwise() {
     let second: i64 = c.query_one(push, &[&t, &1i64]).unwrap().get(0);
     assert_eq!(second, 2);
     let (code, _, detail) = db_error(&c.query_one(push, &[&t, &1i64]).unwrap_err());
-    assert_eq!(code, "40001");
-    assert_eq!(detail, "Command 1 expected sequence 1, the aggregate is at 2.");
+    assert_eq!(code, "ES409");
+    let detail: serde_json::Value = serde_json::from_str(&detail).expect("the detail is JSON");
+    assert_eq!((detail["command"].as_i64(), detail["expected_sequence"].as_i64(), detail["actual_sequence"].as_i64()),
+        (Some(1), Some(1), Some(2)));
     assert_eq!(count_events(&mut c, &t), 2);
 }
 

@@ -6,7 +6,7 @@
 // eventstore.push($1::jsonb): an array of objects with the fields of eventstore.command. Pass
 // JSON.stringify(commands) — a bare JS array would be sent as a PostgreSQL array literal. The
 // last push shows optimistic concurrency: a stale expected_sequence is refused with SQLSTATE
-// 40001 and nothing is written.
+// ES409 (a JSON detail: expected and actual sequence) and nothing is written.
 //
 // Connection: the libpq environment (PGHOST, PGPORT, PGUSER, PGDATABASE). Prints one line per
 // event written and one per refused push.
@@ -34,8 +34,10 @@ async function push(client, commands) {
       `SELECT instance_id, aggregate_id, sequence, in_tx_order
          FROM eventstore.push($1::jsonb) ORDER BY in_tx_order`, [JSON.stringify(commands)]);
   } catch (err) {
-    if (err.code !== '40001') throw err; // 40001: expected_sequence did not match
-    console.log(`refused ${commands[0].instance_id}/${commands[0].aggregate_id}: ${err.code} ${err.detail}`);
+    if (err.code !== 'ES409') throw err; // ES409: expected_sequence did not match
+    const conflict = JSON.parse(err.detail);
+    console.log(`refused ${conflict.instance_id}/${conflict.aggregate_id}: ${err.code} ` +
+                `expected_sequence ${conflict.expected_sequence}, actual_sequence ${conflict.actual_sequence}`);
     return;
   }
   result.rows.forEach((row, i) => {

@@ -4,11 +4,14 @@ Each push is one call in one short transaction, as a request handler would make 
 events commit or none do (G1), and each aggregate gets sequences 1, 2, 3... (G2). Commands are
 sent in the composite form, eventstore.push(eventstore.command[]): psycopg binds a list of
 registered composites as an array. The last push shows optimistic concurrency: a stale
-expected_sequence is refused with SQLSTATE 40001 and nothing is written.
+expected_sequence is refused with SQLSTATE ES409 (a JSON detail: expected and actual
+sequence) and nothing is written.
 
 Connection: the libpq environment (PGHOST, PGPORT, PGUSER, PGDATABASE). Prints one line per
 event written and one per refused push.
 """
+import json
+
 import psycopg
 from psycopg.types.composite import CompositeInfo, register_composite
 from psycopg.types.json import Jsonb
@@ -33,7 +36,8 @@ def command(conn, tenant, invoice, event_type, payload=None, expected_sequence=N
         event_type=event_type, revision=1,
         payload=Jsonb(payload) if payload is not None else None,
         creator=None, owner=None,  # NULL: current_user, and the aggregate's owner
-        expected_sequence=expected_sequence)
+        expected_sequence=expected_sequence,
+        id=None, metadata=None)  # an event id makes a retried push safe (README "Retries")
 
 
 def push(conn, commands):
@@ -43,9 +47,13 @@ def push(conn, commands):
             rows = conn.execute(
                 "SELECT instance_id, aggregate_id, sequence, in_tx_order"
                 "  FROM eventstore.push(%s) ORDER BY in_tx_order", [commands]).fetchall()
-    except psycopg.errors.SerializationFailure as e:  # 40001: expected_sequence did not match
-        print(f"refused {commands[0].instance_id}/{commands[0].aggregate_id}: "
-              f"{e.sqlstate} {e.diag.message_detail}")
+    except psycopg.Error as e:
+        if e.sqlstate != "ES409":  # ES409: expected_sequence did not match
+            raise
+        conflict = json.loads(e.diag.message_detail)
+        print(f"refused {conflict['instance_id']}/{conflict['aggregate_id']}: {e.sqlstate} "
+              f"expected_sequence {conflict['expected_sequence']}, "
+              f"actual_sequence {conflict['actual_sequence']}")
         return
     for (tenant, invoice, sequence, in_tx_order), cmd in zip(rows, commands):
         amount = f" amount_cents={cmd.payload.obj['amount_cents']}" if cmd.payload else ""

@@ -14,6 +14,11 @@ use crate::query::{self, Arg, Snapshot};
 pub const MAX_BATCH: usize = 10_000;
 /// Largest payload, in bytes of its jsonb form.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// Largest metadata, in bytes of its jsonb form.
+pub const MAX_METADATA_BYTES: usize = 64 << 10;
+
+/// An event id: the 16 bytes of a uuid.
+pub type EventId = [u8; 16];
 
 /// One command, checked.
 pub struct Command {
@@ -26,6 +31,8 @@ pub struct Command {
     pub creator: Option<String>,
     pub owner: Option<String>,
     pub expected_sequence: Option<i64>,
+    pub id: Option<EventId>,
+    pub metadata: Option<pg_sys::Datum>,
 }
 
 /// The fields of a command before checking, from either form.
@@ -40,6 +47,8 @@ struct RawCommand {
     creator: Option<String>,
     owner: Option<String>,
     expected_sequence: Option<i64>,
+    id: Option<EventId>,
+    metadata: Option<pg_sys::Datum>,
 }
 
 impl RawCommand {
@@ -66,42 +75,117 @@ impl RawCommand {
                 format!("expected_sequence is {e}."),
                 "Use 0 for an aggregate that must not exist yet, NULL for no check."));
         }
-        if let Some(payload) = self.payload {
-            check_payload(payload)?;
-        }
+        let payload = self.payload.map(|p| check_json_object(&PAYLOAD, p)).transpose()?;
+        let metadata = self.metadata.map(|m| check_json_object(&METADATA, m)).transpose()?;
         Ok(Command {
             instance_id: required("instance_id", self.instance_id)?,
             aggregate_type: required("aggregate_type", self.aggregate_type)?,
             aggregate_id: required("aggregate_id", self.aggregate_id)?,
             event_type: required("event_type", self.event_type)?,
             revision,
-            payload: self.payload,
+            payload,
             creator: optional("creator", self.creator)?,
             owner: optional("owner", self.owner)?,
             expected_sequence: self.expected_sequence,
+            id: self.id,
+            metadata,
         })
     }
 }
 
-/// A payload is a JSON object of at most MAX_PAYLOAD_BYTES.
-fn check_payload(payload: pg_sys::Datum) -> Result<(), Refusal> {
-    // SAFETY: payload is a non-NULL jsonb datum (the command's payload field); detoasting it
-    // gives a varlena whose header and root container header can be read.
+/// A jsonb field that must hold a JSON object: its name and size limit.
+struct JsonObjectField {
+    name: &'static str,
+    max_bytes: usize,
+    too_large_hint: &'static str,
+}
+
+const PAYLOAD: JsonObjectField = JsonObjectField {
+    name: "payload",
+    max_bytes: MAX_PAYLOAD_BYTES,
+    too_large_hint: "Store large documents elsewhere and put a reference in the event.",
+};
+
+const METADATA: JsonObjectField = JsonObjectField {
+    name: "metadata",
+    max_bytes: MAX_METADATA_BYTES,
+    too_large_hint: "Metadata is for ids and short tags (correlation_id, causation_id, trace_id); \
+                     put data in the payload.",
+};
+
+/// A payload or metadata is a JSON object of at most the field's limit; the empty array `[]`
+/// counts as the empty object `{}` and is stored as `{}`: PHP's `json_encode([])`, and other
+/// encoders of an empty map without keys, write `[]`, and no event means an empty list.
+fn check_json_object(field: &JsonObjectField, value: pg_sys::Datum) -> Result<pg_sys::Datum, Refusal> {
+    // SAFETY: value is a non-NULL jsonb datum (the command's payload or metadata field);
+    // detoasting it gives a varlena whose header and root container header can be read.
     unsafe {
-        let jsonb = pg_sys::pg_detoast_datum(payload.cast_mut_ptr());
+        let jsonb = pg_sys::pg_detoast_datum(value.cast_mut_ptr());
         let size = pgrx::varsize_any(jsonb as *const pg_sys::varlena);
-        if size > MAX_PAYLOAD_BYTES {
-            return Err(Refusal::new(errors::TOO_LARGE, "payload is too large".into(),
-                format!("The payload has {size} bytes; the limit is {MAX_PAYLOAD_BYTES}."),
-                "Store large documents elsewhere and put a reference in the event."));
+        let name = field.name;
+        if size > field.max_bytes {
+            return Err(Refusal::new(errors::TOO_LARGE, format!("{name} is too large"),
+                format!("The {name} has {size} bytes; the limit is {}.", field.max_bytes),
+                field.too_large_hint));
         }
-        if jsonb_root_header(jsonb) & JB_FOBJECT == 0 {
-            return Err(Refusal::new(errors::INVALID_VALUE, "payload must be a JSON object".into(),
-                "The payload is an array or a scalar.".into(),
-                "Wrap the value in an object, or pass NULL for no payload."));
+        let header = jsonb_root_header(jsonb);
+        if header & JB_FARRAY != 0 && header & JB_FSCALAR == 0 && header & JB_CMASK == 0 {
+            return Ok(empty_object());
+        }
+        if header & JB_FOBJECT == 0 {
+            return Err(Refusal::new(errors::INVALID_VALUE, format!("{name} must be a JSON object"),
+                format!("The {name} is an array or a scalar."),
+                "Wrap the value in an object, or pass NULL for none."));
         }
     }
-    Ok(())
+    Ok(value)
+}
+
+/// A jsonb `{}`, allocated in the transaction's context: it must outlive the SPI connection
+/// the JSON form is decoded in.
+fn empty_object() -> pg_sys::Datum {
+    // SAFETY: only the jsonb is allocated while the transaction's context is current; it lives
+    // until the transaction ends, longer than the push that reads it.
+    unsafe {
+        pgrx::PgMemoryContexts::CurTransactionContext.switch_to(|_| {
+            pgrx::JsonB(serde_json::Value::Object(Default::default())).into_datum()
+        })
+    }.expect("{} is not NULL")
+}
+
+/// Refuses two commands of one batch carrying the same event id (22023), before any lock.
+pub fn check_distinct_ids(commands: &[Command]) {
+    let mut seen = std::collections::HashMap::new();
+    for (n, c) in commands.iter().enumerate() {
+        let Some(id) = c.id else { continue };
+        if let Some(first) = seen.insert(id, n) {
+            Refusal::new(errors::INVALID_VALUE, format!("event id {} appears twice in the batch", uuid_text(&id)),
+                format!("Command {} carries the same id.", first + 1),
+                "Give every event its own id.").at(n).raise();
+        }
+    }
+}
+
+/// The canonical text of an event id: 8-4-4-4-12 lower-case hex digits.
+pub fn uuid_text(id: &EventId) -> String {
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+/// An event id from JSON text: 32 hex digits, in the canonical 8-4-4-4-12 groups or without
+/// hyphens, either case (what uuid libraries write).
+fn parse_uuid(text: &str) -> Option<EventId> {
+    let canonical = text.len() == 36
+        && text.char_indices().all(|(i, c)| (c == '-') == matches!(i, 8 | 13 | 18 | 23));
+    let digits: String = if canonical { text.replace('-', "") } else { text.to_string() };
+    if digits.len() != 32 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(id)
 }
 
 fn check_batch_size(len: usize) {
@@ -152,15 +236,19 @@ pub fn commands_from_array(array: AnyArray) -> Vec<Command> {
 /// `datum` must be a non-NULL composite datum of type eventstore.command.
 unsafe fn raw_from_composite(datum: pg_sys::Datum) -> RawCommand {
     // SAFETY: by the caller's promise the datum is a composite of eventstore.command: its
-    // header names the row type, whose descriptor (reference-counted, released below) has
-    // FIELDS attributes (asserted), so heap_deform_tuple fills exactly the arrays given.
+    // header names the row type, whose descriptor (reference-counted, released below) has at
+    // most FIELDS attributes (asserted), so heap_deform_tuple fills within the arrays given;
+    // the fields it does not fill stay NULL.
     unsafe { raw_from_composite_fields(datum) }
 }
 
 /// # Safety
 /// As for [`raw_from_composite`].
 unsafe fn raw_from_composite_fields(datum: pg_sys::Datum) -> RawCommand {
-    const FIELDS: usize = 9;
+    // 9 fields up to release 0.2.0, 11 since (id, metadata): the library serves a database
+    // whose extension is not updated yet as well.
+    const FIELDS: usize = 11;
+    const FIELDS_BEFORE_0_3: usize = 9;
     let header = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as pg_sys::HeapTupleHeader;
     let type_id = pgrx::heap_tuple_header_get_type_id(header);
     let typmod = pgrx::heap_tuple_header_get_typmod(header);
@@ -173,7 +261,8 @@ unsafe fn raw_from_composite_fields(datum: pg_sys::Datum) -> RawCommand {
     };
     let mut values = [pg_sys::Datum::from(0usize); FIELDS];
     let mut nulls = [true; FIELDS];
-    assert_eq!((*tupdesc).natts as usize, FIELDS, "eventstore.command has {FIELDS} fields");
+    let natts = (*tupdesc).natts as usize;
+    assert!(natts == FIELDS || natts == FIELDS_BEFORE_0_3, "eventstore.command has {natts} fields");
     pg_sys::heap_deform_tuple(&mut tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
     pg_sys::DecrTupleDescRefCount(tupdesc);
     let text = |i: usize| String::from_datum(values[i], nulls[i]);
@@ -187,6 +276,8 @@ unsafe fn raw_from_composite_fields(datum: pg_sys::Datum) -> RawCommand {
         creator: text(6),
         owner: text(7),
         expected_sequence: i64::from_datum(values[8], nulls[8]),
+        id: pgrx::Uuid::from_datum(values[9], nulls[9]).map(|u| *u.as_bytes()),
+        metadata: (!nulls[10]).then_some(values[10]),
     }
 }
 
@@ -292,7 +383,7 @@ fn read_json_field(
     key: &str,
     kind: &str,
     text: Option<String>,
-    payload: impl FnOnce() -> Option<pg_sys::Datum>,
+    jsonb: impl FnOnce() -> Option<pg_sys::Datum>,
 ) -> Result<(), Refusal> {
     let wrong_type = |expected: &str| Refusal::new(errors::INVALID_VALUE,
         format!("{key} must be {expected}"), format!("{key} is {}.", json_kind(kind)), "");
@@ -323,11 +414,19 @@ fn read_json_field(
         "owner" => raw.owner = string()?,
         "revision" => raw.revision = integer()?,
         "expected_sequence" => raw.expected_sequence = integer()?,
-        "payload" => raw.payload = if kind == "null" { None } else { payload() },
+        "payload" => raw.payload = if kind == "null" { None } else { jsonb() },
+        "metadata" => raw.metadata = if kind == "null" { None } else { jsonb() },
+        "id" => raw.id = match string()? {
+            None => None,
+            Some(text) => Some(parse_uuid(&text).ok_or_else(|| Refusal::new(errors::INVALID_VALUE,
+                "id must be a UUID".into(), format!("id is \"{}\".", truncate(&text, 64)),
+                "Write it as 8-4-4-4-12 hex digits, as uuid libraries do."))?),
+        },
         _ => return Err(Refusal::new(errors::INVALID_VALUE,
             format!("unknown field \"{}\"", truncate(key, 64)),
             "A command has the fields instance_id, aggregate_type, aggregate_id, event_type, \
-             revision, payload, creator, owner and expected_sequence.".into(), "Check the spelling.")),
+             revision, payload, creator, owner, expected_sequence, id and metadata.".into(),
+            "Check the spelling.")),
     }
     Ok(())
 }
@@ -380,10 +479,24 @@ mod tests {
     #[pg_test]
     fn a_payload_must_be_an_object() {
         let payload = |json: &str| pgrx::JsonB(serde_json::from_str(json).unwrap()).into_datum().unwrap();
-        assert!(check_payload(payload(r#"{"a": 1}"#)).is_ok());
-        assert!(check_payload(payload("[1]")).is_err());
-        assert!(check_payload(payload("\"text\"")).is_err());
-        assert!(check_payload(payload("null")).is_err());
+        let checked = |json: &str| check_json_object(&PAYLOAD, payload(json))
+            .map(|d| unsafe { pgrx::JsonB::from_datum(d, false) }.unwrap().0.to_string());
+        assert_eq!(checked(r#"{"a": 1}"#).ok(), Some(r#"{"a":1}"#.to_string()));
+        assert_eq!(checked("[]").ok(), Some("{}".to_string()), "[] is taken as {}");
+        assert!(checked("[1]").is_err());
+        assert!(checked("\"text\"").is_err());
+        assert!(checked("null").is_err());
+    }
+
+    #[pg_test]
+    fn event_ids_are_read_in_the_forms_uuid_libraries_write() {
+        let id = parse_uuid("0190A6E2-7C4B-7D3A-8F00-0123456789ab").expect("canonical");
+        assert_eq!(uuid_text(&id), "0190a6e2-7c4b-7d3a-8f00-0123456789ab");
+        assert_eq!(parse_uuid("0190a6e27c4b7d3a8f000123456789ab"), Some(id));
+        assert_eq!(parse_uuid("0190a6e2-7c4b-7d3a-8f00-0123456789a"), None);
+        assert_eq!(parse_uuid("0190a6e27c4b-7d3a-8f00-0123456789ab"), None);
+        assert_eq!(parse_uuid("{0190a6e2-7c4b-7d3a-8f00-0123456789ab}"), None);
+        assert_eq!(parse_uuid("zz90a6e2-7c4b-7d3a-8f00-0123456789ab"), None);
     }
 
     #[pg_test]

@@ -4,7 +4,9 @@
 //! aggregate's lock is held before its current sequence is read, under a snapshot taken after
 //! the wait), G3 (positions drawn from a CACHE 1 sequence only once the writer locks and every
 //! aggregate lock of the batch are held), G9 (every bad input is refused before the first lock
-//! or write, with a SQLSTATE, message, detail and hint).
+//! or write, with a SQLSTATE, message, detail and hint), G14 (a push carrying stored event ids
+//! is answered from the store: an exact replay gets the stored rows and writes nothing, anything
+//! else is refused with ES422).
 
 use std::collections::HashMap;
 
@@ -24,10 +26,10 @@ use crate::query::{self, Arg, Snapshot};
 use crate::tenancy;
 use crate::xact;
 
-use commands::{commands_from_array, commands_from_json, Command, JsonbDatum};
+use commands::{check_distinct_ids, commands_from_array, commands_from_json, uuid_text, Command, JsonbDatum};
 
-/// One written event, as push returns it.
-type Written = (String, String, String, i64, i64, i32, TimestampWithTimeZone, String);
+/// One written event, as push returns it (eventstore.pushed).
+type Written = (String, String, String, i64, i64, i32, TimestampWithTimeZone, String, Option<pgrx::Uuid>);
 
 /// `eventstore.push(commands eventstore.command[])`.
 #[pg_extern(sql = false)]
@@ -43,6 +45,7 @@ fn push_commands(commands: Option<AnyArray>) -> TableIterator<
         name!(in_tx_order, i32),
         name!(created_at, TimestampWithTimeZone),
         name!(owner, String),
+        name!(id, Option<pgrx::Uuid>),
     ),
 > {
     let Some(commands) = commands else {
@@ -66,6 +69,7 @@ fn push_json(commands: Option<JsonbDatum>) -> TableIterator<
         name!(in_tx_order, i32),
         name!(created_at, TimestampWithTimeZone),
         name!(owner, String),
+        name!(id, Option<pgrx::Uuid>),
     ),
 > {
     let Some(JsonbDatum(commands)) = commands else {
@@ -84,6 +88,10 @@ fn append(commands: Vec<Command>) -> Vec<Written> {
     for (n, c) in commands.iter().enumerate() {
         scope.check(&c.instance_id, &format!("command {} of the batch", n + 1));
     }
+    check_distinct_ids(&commands);
+    // Only pushes that carry ids look them up and insert with ON CONFLICT: the others never
+    // touch the id index (its predicate excludes NULL) nor pay for a speculative insertion.
+    let carries_ids = commands.iter().any(|c| c.id.is_some());
     let default_creator = tenancy::current_user();
     // SAFETY: reads the current transaction's start time; we are inside a transaction.
     let created_at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
@@ -113,19 +121,26 @@ fn append(commands: Vec<Command>) -> Vec<Written> {
     }
     xact::writing(&instance_ids);
 
-    let written = tenancy::as_owner(|| query::with_spi(|| {
+    let (written, wrote) = tenancy::as_owner(|| query::with_spi(|| {
+        // G14: with the aggregates locked, any earlier push to them has ended, so the stored
+        // ids are final: a replay is answered from the store before anything is numbered.
+        if carries_ids {
+            if let Some(stored) = replay(&commands) {
+                return (stored, false);
+            }
+        }
         let mut current = current_sequences(&aggregates);
         let mut rows = Vec::with_capacity(commands.len());
         for (n, c) in commands.iter().enumerate() {
             let (sequence, owner) = &mut current[aggregate_of[n]];
             if let Some(expected) = c.expected_sequence {
                 if expected != *sequence {
-                    errors::raise(
-                        errors::SEQUENCE_MISMATCH,
+                    errors::raise_own(
+                        errors::VERSION_CONFLICT,
                         format!("aggregate {}/{}/{} is not at the expected sequence",
                             c.instance_id, c.aggregate_type, c.aggregate_id),
-                        format!("Command {} expected sequence {expected}, the aggregate is at {}.",
-                            n + 1, *sequence),
+                        errors::version_conflict_detail(n + 1,
+                            (&c.instance_id, &c.aggregate_type, &c.aggregate_id), expected, *sequence),
                         "Reload the aggregate and retry the command.",
                     );
                 }
@@ -142,15 +157,101 @@ fn append(commands: Vec<Command>) -> Vec<Written> {
         for row in &mut rows {
             row.position = next_position(sequence, scope);
         }
-        insert(&rows, created_at, &default_creator);
-        rows.iter().enumerate().map(|(n, r)| (
+        insert(&rows, created_at, &default_creator, carries_ids);
+        (rows.iter().enumerate().map(|(n, r)| (
             r.command.instance_id.clone(), r.command.aggregate_type.clone(),
             r.command.aggregate_id.clone(), r.sequence, r.position, n as i32,
-            timestamptz(created_at), r.owner.clone(),
-        )).collect::<Vec<Written>>()
+            timestamptz(created_at), r.owner.clone(), r.command.id.map(pgrx::Uuid::from_bytes),
+        )).collect::<Vec<Written>>(), true)
     }));
-    xact::pushed(&instance_ids, written.iter().map(|w| w.4).max().unwrap_or(0));
+    if wrote {
+        xact::pushed(&instance_ids, written.iter().map(|w| w.4).max().unwrap_or(0));
+    }
     written
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replays (G14)
+
+/// Each command's stored event by id (NULLs when none), and the first field that differs from
+/// the command ('' when none). `e.id IS NOT NULL` lets the planner use the partial index.
+const STORED_BY_ID: &str = "\
+SELECT c.n, e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.position, e.in_tx_order,
+       e.created_at, e.owner, e.id,
+       CASE WHEN e.instance_id IS DISTINCT FROM c.i THEN 'instance_id'
+            WHEN e.aggregate_type IS DISTINCT FROM c.t THEN 'aggregate_type'
+            WHEN e.aggregate_id IS DISTINCT FROM c.a THEN 'aggregate_id'
+            WHEN e.event_type IS DISTINCT FROM c.e THEN 'event_type'
+            WHEN e.revision IS DISTINCT FROM c.r THEN 'revision'
+            WHEN e.payload IS DISTINCT FROM c.p THEN 'payload'
+            WHEN e.metadata IS DISTINCT FROM c.m THEN 'metadata'
+            ELSE '' END
+  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
+              $7::jsonb[], $8::jsonb[]) WITH ORDINALITY AS c(id, i, t, a, e, r, p, m, n)
+  LEFT JOIN eventstore.events e ON e.id = c.id AND e.id IS NOT NULL
+ ORDER BY c.n";
+
+const REPLAY_HINT: &str = "Retry a push only with exactly the commands and ids it was first sent \
+                           with; give every new event a new id.";
+
+/// A push carrying at least one id: `None` when none of its ids is stored (a new push); the
+/// stored rows, exactly as the first push returned them, when it repeats an earlier push (every
+/// command carries an id, every id is stored, each stored event has the command's instance,
+/// aggregate, event type, revision, payload and metadata, in command order); ES422 otherwise.
+/// Read with what is committed now: the caller holds the aggregates' locks.
+fn replay(commands: &[Command]) -> Option<Vec<Written>> {
+    let texts = |f: &dyn Fn(&Command) -> &str| -> Vec<&str> { commands.iter().map(f).collect() };
+    let rows = query::run(STORED_BY_ID, &[
+        Arg::new(commands.iter().map(|c| c.id.map(pgrx::Uuid::from_bytes)).collect::<Vec<_>>()),
+        Arg::new(texts(&|c| &c.instance_id)),
+        Arg::new(texts(&|c| &c.aggregate_type)),
+        Arg::new(texts(&|c| &c.aggregate_id)),
+        Arg::new(texts(&|c| &c.event_type)),
+        Arg::new(commands.iter().map(|c| c.revision).collect::<Vec<i16>>()),
+        Arg::raw(pg_sys::JSONBARRAYOID, Some(jsonb_array(commands.iter().map(|c| c.payload)))),
+        Arg::raw(pg_sys::JSONBARRAYOID, Some(jsonb_array(commands.iter().map(|c| c.metadata)))),
+    ], Snapshot::CommittedNow);
+    let stored = |n: usize| rows.get::<pgrx::Uuid>(n, 10).is_some();
+    let first_stored = (0..commands.len()).find(|&n| stored(n))?;
+    let reused = uuid_text(&commands[first_stored].id.expect("a stored event was found by its id"));
+    let partial = |n: usize, what: String| -> ! {
+        errors::raise_own(errors::ID_ALREADY_USED,
+            format!("event id {reused} was already used by an earlier push"),
+            format!("Command {} carries id {reused}, which is stored, and command {} {what}: a \
+                     retried push must repeat the earlier push exactly.", first_stored + 1, n + 1),
+            REPLAY_HINT)
+    };
+    let mut last_position = 0;
+    for (n, c) in commands.iter().enumerate() {
+        let Some(id) = c.id else { partial(n, "carries no id".into()) };
+        let id = uuid_text(&id);
+        if !stored(n) {
+            partial(n, format!("carries id {id}, which is not"));
+        }
+        let differs = rows.get::<String>(n, 11).unwrap_or_default();
+        if !differs.is_empty() {
+            errors::raise_own(errors::ID_ALREADY_USED,
+                format!("event id {id} was already used for another event"),
+                format!("Command {} carries id {id}; the stored event with this id has another {differs}.", n + 1),
+                REPLAY_HINT);
+        }
+        let position = rows.get::<i64>(n, 6).expect("a stored event has a position");
+        if position <= last_position {
+            errors::raise_own(errors::ID_ALREADY_USED,
+                format!("event id {id} was already used in another order"),
+                format!("Command {} carries id {id}, whose event was stored before the event of \
+                         command {}: a retried push must repeat the earlier push in its order.", n + 1, n),
+                REPLAY_HINT);
+        }
+        last_position = position;
+    }
+    Some((0..commands.len()).map(|n| (
+        rows.get::<String>(n, 2).expect("stored"), rows.get::<String>(n, 3).expect("stored"),
+        rows.get::<String>(n, 4).expect("stored"), rows.get::<i64>(n, 5).expect("stored"),
+        rows.get::<i64>(n, 6).expect("stored"), rows.get::<i32>(n, 7).expect("stored"),
+        rows.get::<TimestampWithTimeZone>(n, 8).expect("stored"), rows.get::<String>(n, 9).expect("stored"),
+        rows.get::<pgrx::Uuid>(n, 10),
+    )).collect())
 }
 
 struct PendingRow<'a> {
@@ -216,34 +317,94 @@ SELECT i, t, a, s, e, r, p, c, o, $10, pos, (n - 1)::int
               $7::jsonb[], $8::text[], $9::text[], $11::bigint[]) WITH ORDINALITY
        AS b(i, t, a, s, e, r, p, c, o, pos, n)";
 
-/// One set-based INSERT for the whole batch (G1).
-fn insert(rows: &[PendingRow], created_at: pg_sys::TimestampTz, default_creator: &str) {
+// The same with the event id and metadata ($12, $13): for pushes that carry either.
+macro_rules! insert_one_extended { () => { "\
+INSERT INTO eventstore.events (instance_id, aggregate_type, aggregate_id, sequence, event_type,
+       revision, payload, creator, owner, created_at, position, in_tx_order, id, metadata)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $13)" } }
+
+macro_rules! insert_many_extended { () => { "\
+INSERT INTO eventstore.events (instance_id, aggregate_type, aggregate_id, sequence, event_type,
+       revision, payload, creator, owner, created_at, position, in_tx_order, id, metadata)
+SELECT i, t, a, s, e, r, p, c, o, $10, pos, (n - 1)::int, id, m
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::smallint[],
+              $7::jsonb[], $8::text[], $9::text[], $11::bigint[], $12::uuid[], $13::jsonb[])
+       WITH ORDINALITY AS b(i, t, a, s, e, r, p, c, o, pos, id, m, n)" } }
+
+// With ids: an id a concurrent push stored meanwhile (in flight when `replay` looked, for
+// other aggregates) is skipped instead of raising a unique violation, and `insert` refuses the
+// push with ES422. PostgreSQL's speculative insertion waits for that push to end first.
+macro_rules! on_conflict { () => { "\n ON CONFLICT (id) WHERE id IS NOT NULL DO NOTHING RETURNING id" } }
+
+const INSERT_ONE_EXTENDED: &str = insert_one_extended!();
+const INSERT_MANY_EXTENDED: &str = insert_many_extended!();
+const INSERT_ONE_WITH_ID: &str = concat!(insert_one_extended!(), on_conflict!());
+const INSERT_MANY_WITH_IDS: &str = concat!(insert_many_extended!(), on_conflict!());
+
+/// One set-based INSERT for the whole batch (G1). Pushes without ids and metadata use the
+/// statements that never mention them.
+fn insert(rows: &[PendingRow], created_at: pg_sys::TimestampTz, default_creator: &str, carries_ids: bool) {
     let creator = |r: &PendingRow| r.command.creator.clone().unwrap_or_else(|| default_creator.to_string());
     let created_at = Arg::new(timestamptz(created_at));
-    if let [row] = rows {
+    let extended = carries_ids || rows.iter().any(|r| r.command.metadata.is_some());
+    let inserted = if let [row] = rows {
         let c = row.command;
-        query::run(INSERT_ONE, &[
+        let mut args = vec![
             Arg::new(c.instance_id.as_str()), Arg::new(c.aggregate_type.as_str()),
             Arg::new(c.aggregate_id.as_str()), Arg::new(row.sequence), Arg::new(c.event_type.as_str()),
             Arg::new(c.revision), Arg::raw(pg_sys::JSONBOID, c.payload), Arg::new(creator(row)),
             Arg::new(row.owner.as_str()), created_at, Arg::new(row.position),
-        ], Snapshot::Statement);
-        return;
+        ];
+        if !extended {
+            query::run(INSERT_ONE, &args, Snapshot::Statement);
+            return;
+        }
+        args.push(Arg::new(c.id.map(pgrx::Uuid::from_bytes)));
+        args.push(Arg::raw(pg_sys::JSONBOID, c.metadata));
+        query::run(if carries_ids { INSERT_ONE_WITH_ID } else { INSERT_ONE_EXTENDED }, &args,
+            Snapshot::Statement)
+    } else {
+        let texts = |f: &dyn Fn(&PendingRow) -> String| -> Vec<String> { rows.iter().map(f).collect() };
+        let mut args = vec![
+            Arg::new(texts(&|r| r.command.instance_id.clone())),
+            Arg::new(texts(&|r| r.command.aggregate_type.clone())),
+            Arg::new(texts(&|r| r.command.aggregate_id.clone())),
+            Arg::new(rows.iter().map(|r| r.sequence).collect::<Vec<i64>>()),
+            Arg::new(texts(&|r| r.command.event_type.clone())),
+            Arg::new(rows.iter().map(|r| r.command.revision).collect::<Vec<i16>>()),
+            Arg::raw(pg_sys::JSONBARRAYOID, Some(jsonb_array(rows.iter().map(|r| r.command.payload)))),
+            Arg::new(texts(&creator)),
+            Arg::new(texts(&|r| r.owner.clone())),
+            created_at,
+            Arg::new(rows.iter().map(|r| r.position).collect::<Vec<i64>>()),
+        ];
+        if !extended {
+            query::run(INSERT_MANY, &args, Snapshot::Statement);
+            return;
+        }
+        args.push(Arg::new(rows.iter().map(|r| r.command.id.map(pgrx::Uuid::from_bytes)).collect::<Vec<_>>()));
+        args.push(Arg::raw(pg_sys::JSONBARRAYOID, Some(jsonb_array(rows.iter().map(|r| r.command.metadata)))));
+        query::run(if carries_ids { INSERT_MANY_WITH_IDS } else { INSERT_MANY_EXTENDED }, &args,
+            Snapshot::Statement)
+    };
+    if carries_ids && inserted.len() < rows.len() {
+        refuse_ids_stored_meanwhile(rows, &inserted);
     }
-    let texts = |f: &dyn Fn(&PendingRow) -> String| -> Vec<String> { rows.iter().map(f).collect() };
-    query::run(INSERT_MANY, &[
-        Arg::new(texts(&|r| r.command.instance_id.clone())),
-        Arg::new(texts(&|r| r.command.aggregate_type.clone())),
-        Arg::new(texts(&|r| r.command.aggregate_id.clone())),
-        Arg::new(rows.iter().map(|r| r.sequence).collect::<Vec<i64>>()),
-        Arg::new(texts(&|r| r.command.event_type.clone())),
-        Arg::new(rows.iter().map(|r| r.command.revision).collect::<Vec<i16>>()),
-        Arg::raw(pg_sys::JSONBARRAYOID, Some(jsonb_array(rows.iter().map(|r| r.command.payload)))),
-        Arg::new(texts(&creator)),
-        Arg::new(texts(&|r| r.owner.clone())),
-        created_at,
-        Arg::new(rows.iter().map(|r| r.position).collect::<Vec<i64>>()),
-    ], Snapshot::Statement);
+}
+
+/// ES422 for the first command whose id a concurrent push stored while this one waited.
+fn refuse_ids_stored_meanwhile(rows: &[PendingRow], inserted: &query::Rows) -> ! {
+    let written: std::collections::HashSet<Option<[u8; 16]>> =
+        (0..inserted.len()).map(|r| inserted.get::<pgrx::Uuid>(r, 1).map(|u| *u.as_bytes())).collect();
+    let (n, id) = rows.iter().enumerate()
+        .find_map(|(n, r)| r.command.id.filter(|id| !written.contains(&Some(*id))).map(|id| (n, id)))
+        .expect("a row was skipped, so one id was not written");
+    let id = uuid_text(&id);
+    errors::raise_own(errors::ID_ALREADY_USED,
+        format!("event id {id} was already used for another event"),
+        format!("Command {} carries id {id}, which a concurrent push stored for another event \
+                 while this push waited.", n + 1),
+        REPLAY_HINT)
 }
 
 /// A jsonb[] of raw jsonb datums (NULL elements allowed).

@@ -46,7 +46,7 @@ long_tx_window() {
     logs=$work/log.$tag.$RANDOM
     if $hold; then
         sql eventstore -c "BEGIN" -c "SELECT position FROM eventstore.push(ARRAY[ROW('tenant-0',
-            'user', 'held', 'user.updated', 1::smallint, '{}'::jsonb, 'bench', NULL, NULL)::eventstore.command])" \
+            'user', 'held', 'user.updated', 1::smallint, '{}'::jsonb, 'bench', NULL, NULL, NULL, NULL)::eventstore.command])" \
             -c "SELECT pg_sleep($LONG_TX_SECONDS + 1)" -c "COMMIT" >/dev/null &
         holder=$!
         sleep 0.5

@@ -45,7 +45,7 @@ batch_script() {
             push_fn) rows+="$sep
     eventstore.command($tenant, 'user', $aggregate, 'user.updated', $payload, creator => 'bench')" ;;
             *) rows+="$sep
-    ROW($tenant, 'user', $aggregate, 'user.updated', 1::smallint, $payload::jsonb, 'bench', NULL, NULL)::eventstore.command" ;;
+    ROW($tenant, 'user', $aggregate, 'user.updated', 1::smallint, $payload::jsonb, 'bench', NULL, NULL, NULL, NULL)::eventstore.command" ;;
         esac
         sep=,
     done

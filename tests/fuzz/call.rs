@@ -19,7 +19,7 @@ pub(crate) const NULL_VALUE: &str = "22004";
 pub(crate) const INVALID: &str = "22023";
 pub(crate) const TOO_LONG: &str = "22001";
 pub(crate) const TOO_LARGE: &str = "54000";
-pub(crate) const MISMATCH: &str = "40001";
+pub(crate) const MISMATCH: &str = "ES409";
 pub(crate) const BAD_SYNTAX: &str = "22P02";
 pub(crate) const UNTRANSLATABLE: &str = "22P05";
 pub(crate) const BAD_ENCODING: &str = "22021";
@@ -104,7 +104,7 @@ impl Form {
             Form::Constructor => composite(
                 "eventstore.command(u.i, u.t, u.a, u.e, u.p::jsonb, u.r::int, u.c, u.o, u.x::bigint)"),
             Form::RowCast => composite(
-                "ROW(u.i, u.t, u.a, u.e, u.r::smallint, u.p::jsonb, u.c, u.o, u.x::bigint)::eventstore.command"),
+                "ROW(u.i, u.t, u.a, u.e, u.r::smallint, u.p::jsonb, u.c, u.o, u.x::bigint, NULL, NULL)::eventstore.command"),
             Form::ArrayLiteral => format!("{RETURNED}($1::text::eventstore.command[])"),
             Form::JsonText => format!("{RETURNED}($1::text)"),
             Form::JsonBinary => format!("{RETURNED}($1::jsonb)"),

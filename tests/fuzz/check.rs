@@ -193,8 +193,8 @@ pub(crate) fn check_failure(session: &mut Session, call: &Call, error: &postgres
     if db.routine() == Some("eventstore") && (db.message().is_empty() || db.detail().unwrap_or("").is_empty()) {
         tally.violation("error without message or detail", what.clone(), call);
     }
-    if code == MISMATCH && !db.detail().unwrap_or("").contains("expected sequence") {
-        tally.violation("40001 without the expected and actual sequence", what.clone(), call);
+    if code == MISMATCH && !db.detail().unwrap_or("").contains("\"actual_sequence\"") {
+        tally.violation("ES409 without the expected and actual sequence", what.clone(), call);
     }
     if let Err(e) = session.client.query_one("SELECT 1", &[]) {
         tally.violation("connection lost after the error", e.to_string(), call);

@@ -276,7 +276,7 @@ impl Generator {
         values[EXPECTED_SEQUENCE] = expected;
 
         let mut command = Command {
-            shape: Shape::Object, values, decoys: Vec::new(), extra: Vec::new(), literal_fields: 9,
+            shape: Shape::Object, values, decoys: Vec::new(), extra: Vec::new(), literal_fields: 11,
             predicted: None, mismatch,
         };
         self.command_faults(cx, k, &mut command);
@@ -435,7 +435,7 @@ impl Generator {
         let json = cx.form.json();
         let (value, codes): (Value, &'static [&'static str]) = match rng.below(7) {
             0 => {
-                let scalar = if json { rng.pick(&["[]", "[1]", "\"s\"", "42", "true"]) } else { rng.pick(&["[]", "[1]", "\"s\"", "42", "true", "null"]) };
+                let scalar = if json { rng.pick(&["[[]]", "[1]", "\"s\"", "42", "true"]) } else { rng.pick(&["[[]]", "[1]", "\"s\"", "42", "true", "null"]) };
                 (Value::Raw(scalar.into()), &[INVALID])
             }
             1 => (Value::Raw(rng.pick(&["{", "{\"a\":}", "{'a':1}", "{\"a\":1,}", "{\"a\":NaN}", "{\"a\":Infinity}", "{\"a\":01}",
@@ -491,7 +491,7 @@ impl Generator {
         if self.rng.chance(rate / 3.0) {
             match (cx.form, self.rng.below(2)) {
                 (Form::ArrayLiteral, 0) => {
-                    command.literal_fields = self.rng.pick(&[8, 10]);
+                    command.literal_fields = self.rng.pick(&[10, 12]);
                     cx.fault(&[BAD_SYNTAX], format!("command {}: a record literal of {} fields", k + 1, command.literal_fields));
                 }
                 (form, _) if form.json() && self.rng.chance(0.7) => {

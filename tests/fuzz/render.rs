@@ -200,7 +200,9 @@ impl Generator {
                 if field > 0 {
                     record.push(b',');
                 }
-                let value = command.values.get(field).cloned().unwrap_or(Value::Text("extra".into()));
+                // id and metadata are left empty (NULL); a twelfth field is one too many.
+                let value = command.values.get(field).cloned()
+                    .unwrap_or(if field < 11 { Value::Absent } else { Value::Text("extra".into()) });
                 if let Some(bytes) = value.as_text_bytes() {
                     quoted(&mut record, &bytes);
                 }

@@ -75,9 +75,9 @@ SELECT projection, instance_id, checkpoint
 
 -- wait => true waits for the projection lock instead of returning zero rows when another
 -- worker holds it; alone, it behaves the same.
-SELECT eventstore.push('[{"instance_id": "globex", "aggregate_type": "user",
-                          "aggregate_id": "u1", "event_type": "user.renamed"}]') IS NOT NULL
-         AS pushed;
+SELECT count(*) = 1 AS pushed
+  FROM eventstore.push('[{"instance_id": "globex", "aggregate_type": "user",
+                          "aggregate_id": "u1", "event_type": "user.renamed"}]');
 SELECT position, instance_id, aggregate_type, aggregate_id, sequence, event_type
   FROM eventstore.projection_catchup('audit_log', wait => true);
 

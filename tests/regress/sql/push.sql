@@ -93,8 +93,9 @@ SELECT aggregate_id, sequence
          eventstore.command('acme', 'account', 'a1', 'account.debited', expected_sequence => 2),
          eventstore.command('acme', 'account', 'a1', 'account.credited', expected_sequence => 3)]);
 
--- A mismatch is refused with SQLSTATE 40001 (serialization_failure: reload and retry), and a
--- detail naming the command, the expected and the actual sequence.
+-- A mismatch is refused with SQLSTATE ES409, eventstore's own (not 40001: re-sending the same
+-- command cannot succeed; reload the aggregate and decide again), and a detail a driver parses
+-- as JSON: the command, the aggregate, the expected and the actual sequence.
 \set VERBOSITY default
 \set SHOW_CONTEXT never
 SELECT aggregate_id, sequence
@@ -197,3 +198,54 @@ SELECT 'jsonb', payload FROM stored_by_jsonb WHERE payload IS NOT NULL
 UNION ALL
 SELECT 'text', payload FROM stored_by_text WHERE payload IS NOT NULL
 ORDER BY form;
+
+-- Event ids and metadata (G14). A command may carry an event id (a uuid, unique across the
+-- store) and metadata (a JSON object: correlation_id, causation_id, trace_id...); push returns
+-- the id.
+TRUNCATE eventstore.events;
+ALTER SEQUENCE eventstore.position_seq RESTART;
+PREPARE place_and_pay AS
+SELECT aggregate_id, sequence, position, in_tx_order, id
+  FROM eventstore.push(ARRAY[
+         eventstore.command('acme', 'order', 'o2', 'order.placed', '{"total": 5}',
+                            id => '00000000-0000-4000-8000-000000000001',
+                            metadata => '{"correlation_id": "req-1", "causation_id": "cmd-1"}'),
+         eventstore.command('acme', 'order', 'o2', 'order.paid',
+                            id => '00000000-0000-4000-8000-000000000002',
+                            metadata => '{"correlation_id": "req-1",
+                                          "causation_id": "00000000-0000-4000-8000-000000000001"}')]);
+EXECUTE place_and_pay;
+
+-- A retry (after a lost connection or a timeout) carrying the same ids returns the rows the
+-- first push returned and writes nothing, in either form.
+EXECUTE place_and_pay;
+SELECT aggregate_id, sequence, position, in_tx_order, id
+  FROM eventstore.push('[
+         {"instance_id": "acme", "aggregate_type": "order", "aggregate_id": "o2",
+          "event_type": "order.placed", "payload": {"total": 5},
+          "id": "00000000-0000-4000-8000-000000000001",
+          "metadata": {"correlation_id": "req-1", "causation_id": "cmd-1"}},
+         {"instance_id": "acme", "aggregate_type": "order", "aggregate_id": "o2",
+          "event_type": "order.paid", "id": "00000000-0000-4000-8000-000000000002",
+          "metadata": {"correlation_id": "req-1",
+                       "causation_id": "00000000-0000-4000-8000-000000000001"}}]');
+SELECT count(*) AS events FROM eventstore.events;
+
+-- Catch-up hands out the id and the metadata with each event.
+BEGIN;
+SELECT position, event_type, id, metadata FROM eventstore.projection_catchup('ids', 'acme');
+ROLLBACK;
+
+-- An empty JSON array as payload ([], what PHP's json_encode([]) writes for an empty map) is
+-- stored as {}, in both forms.
+SELECT sequence FROM eventstore.push(ARRAY[eventstore.command('acme', 'cart', 'c1', 'cart.emptied', '[]')]);
+SELECT sequence FROM eventstore.push('[{"instance_id": "acme", "aggregate_type": "cart",
+                                       "aggregate_id": "c1", "event_type": "cart.emptied", "payload": []}]');
+SELECT sequence, payload FROM eventstore.events WHERE aggregate_id = 'c1' ORDER BY sequence;
+
+-- Reading one aggregate (granted to writers, readers and projectors): forward in sequence
+-- order from a sequence, at most max_count events; and its current sequence (0 when new).
+SELECT sequence, event_type, id FROM eventstore.read_aggregate('acme', 'order', 'o2');
+SELECT sequence, event_type FROM eventstore.read_aggregate('acme', 'order', 'o2', from_sequence => 2, max_count => 1);
+SELECT eventstore.aggregate_sequence('acme', 'order', 'o2') AS o2,
+       eventstore.aggregate_sequence('acme', 'order', 'o9') AS o9;

@@ -7,6 +7,7 @@
 --   22023 invalid_parameter_value  empty, malformed, wrong type, out of range
 --   22001 string_data_right_truncation  an identifier over 512 bytes
 --   54000 program_limit_exceeded   a batch over 10000 commands, a payload over 1 MiB
+--   ES422 (eventstore's own)         an event id already stored, in a push that is not an exact replay
 TRUNCATE eventstore.events, eventstore.projection_states;
 ALTER SEQUENCE eventstore.position_seq RESTART;
 \set VERBOSITY default
@@ -266,3 +267,59 @@ SELECT instance_id, aggregate_type, aggregate_id, sequence, event_type FROM even
 -- The refused calls left the session usable: the next good push continues at sequence 2.
 SELECT aggregate_id, sequence
   FROM eventstore.push(ARRAY[eventstore.command('acme', 'user', 'u1', 'user.renamed')]);
+
+--
+-- Event ids: a push carrying a stored id must repeat the push that stored it exactly; anything
+-- else is refused with ES422 and writes nothing.
+--
+
+SELECT sequence, id FROM eventstore.push(ARRAY[
+         eventstore.command('acme', 'user', 'u7', 'user.added', '{"name": "Ada"}',
+                            id => '00000000-0000-4000-8000-0000000000a1'),
+         eventstore.command('acme', 'user', 'u7', 'user.renamed',
+                            id => '00000000-0000-4000-8000-0000000000a2')]);
+SELECT count(*) AS events_before FROM eventstore.events;
+
+-- The same id with other content.
+SELECT * FROM eventstore.push(ARRAY[
+         eventstore.command('acme', 'user', 'u7', 'user.added', '{"name": "Bob"}',
+                            id => '00000000-0000-4000-8000-0000000000a1')]);
+\echo :LAST_ERROR_SQLSTATE
+
+-- A partial overlap: one stored id, one new.
+SELECT * FROM eventstore.push(ARRAY[
+         eventstore.command('acme', 'user', 'u7', 'user.added', '{"name": "Ada"}',
+                            id => '00000000-0000-4000-8000-0000000000a1'),
+         eventstore.command('acme', 'user', 'u7', 'user.removed',
+                            id => '00000000-0000-4000-8000-0000000000a3')]);
+\echo :LAST_ERROR_SQLSTATE
+
+-- A stored id beside a command without one.
+SELECT * FROM eventstore.push(ARRAY[
+         eventstore.command('acme', 'user', 'u7', 'user.added', '{"name": "Ada"}',
+                            id => '00000000-0000-4000-8000-0000000000a1'),
+         eventstore.command('acme', 'user', 'u7', 'user.renamed')]);
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) AS events_after FROM eventstore.events;
+
+-- One id twice in a batch, an id that is not a UUID, metadata that is not an object: 22023.
+SELECT * FROM eventstore.push(ARRAY[
+         eventstore.command('acme', 'user', 'u8', 'user.added', id => '00000000-0000-4000-8000-0000000000b1'),
+         eventstore.command('acme', 'user', 'u9', 'user.added', id => '00000000-0000-4000-8000-0000000000b1')]);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM eventstore.push('[{"instance_id": "acme", "aggregate_type": "user", "aggregate_id": "u8",
+                                 "event_type": "user.added", "id": "not-a-uuid"}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM eventstore.push('[{"instance_id": "acme", "aggregate_type": "user", "aggregate_id": "u8",
+                                 "event_type": "user.added", "id": 42}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM eventstore.push(ARRAY[eventstore.command('acme', 'user', 'u8', 'user.added', metadata => '"trace"')]);
+\echo :LAST_ERROR_SQLSTATE
+
+-- read_aggregate's bad arguments.
+SELECT * FROM eventstore.read_aggregate('acme', 'user', 'u7', max_count => 0);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM eventstore.read_aggregate('acme', 'user', 'u7', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT eventstore.aggregate_sequence('acme', '', 'u7');
+\echo :LAST_ERROR_SQLSTATE
