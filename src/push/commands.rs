@@ -479,8 +479,9 @@ mod tests {
     #[pg_test]
     fn a_payload_must_be_an_object() {
         let payload = |json: &str| pgrx::JsonB(serde_json::from_str(json).unwrap()).into_datum().unwrap();
-        let checked = |json: &str| check_json_object(&PAYLOAD, payload(json))
-            .map(|d| unsafe { pgrx::JsonB::from_datum(d, false) }.unwrap().0.to_string());
+        // SAFETY: check_json_object returns a non-NULL jsonb datum.
+        let as_text = |d: pg_sys::Datum| unsafe { pgrx::JsonB::from_datum(d, false) }.unwrap().0.to_string();
+        let checked = |json: &str| check_json_object(&PAYLOAD, payload(json)).map(as_text);
         assert_eq!(checked(r#"{"a": 1}"#).ok(), Some(r#"{"a":1}"#.to_string()));
         assert_eq!(checked("[]").ok(), Some("{}".to_string()), "[] is taken as {}");
         assert!(checked("[1]").is_err());
