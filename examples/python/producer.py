@@ -102,9 +102,9 @@ def main():
             first = push(conn, created)
             with connect() as reconnected:
                 retried = send(reconnected, created)
-            for (_, invoice, sequence, position, _), (*_, first_position, _) in zip(retried, first):
+            for (_, invoice, sequence, position, _), first_row in zip(retried, first):
                 print(f"retried {tenant}/{invoice} seq={sequence} "
-                      f"same_position={str(position == first_position).lower()}")
+                      f"same_position={str(position == first_row[3]).lower()}")
 
 
 if __name__ == "__main__":
