@@ -28,6 +28,20 @@ pub fn proc_by_number(number: i32) -> Option<*mut pg_sys::PGPROC> {
     (!proc.is_null()).then_some(proc)
 }
 
+/// The transaction holding a lock-table entry: its backend and local transaction id. A prepared
+/// transaction's locks belong to a dummy process with no backend and its xid as local id, so
+/// each prepared transaction is a holder of its own.
+pub type LockHolder = (i32, u32);
+
+pub fn lock_holder(entry: &pg_sys::LockInstanceData) -> LockHolder {
+    (entry.backend, entry.lxid)
+}
+
+/// Whether a lock holder is a prepared transaction (its dummy process has no backend).
+pub fn is_prepared_holder(holder: LockHolder) -> bool {
+    holder.0 == pg_sys::InvalidBackendId
+}
+
 /// Whether this transaction holds the lock `tag` in `mode`.
 pub fn lock_held_by_me(tag: &pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE) -> bool {
     // SAFETY: LockHeldByMe only reads this backend's local lock table.

@@ -1,0 +1,102 @@
+//! Floors (horizon mode "floors", the default without preloading): the registry of writes in
+//! flight kept in PostgreSQL's own lock table. Nobody waits.
+//!
+//! - **A writer**, once per transaction, just before its first position is drawn (with its writer
+//!   and aggregate keys already held), reads the last drawn position L and takes a shared
+//!   advisory lock whose key is L+1, its *floor* (locks::floor_key; family "floor"). Every
+//!   position it draws afterwards is above L. lock_writer takes one too.
+//! - **A reader** reads the last drawn position H first, then the lock table once
+//!   (GetLockStatusData, never a lock request), and lowers H to just below the lowest floor held
+//!   by a transaction that also holds a writer key in its scope: its instance's writer key or the
+//!   all-writers key exclusively (a bulk push to many instances); for a global reader, any floor.
+//!
+//! Why it is exact (G4), for the barrier's reason: a transaction's locks are released only after
+//! its commit or abort is visible. A position x <= H was drawn before H was read, by a
+//! transaction that then held its floor (<= x) and the writer key of x's instance; when the
+//! lock table is read, that transaction has either ended, visibly, or still holds both, and the
+//! horizon stays below x. The catch-up reads its batch under a snapshot taken afterwards
+//! (query::Snapshot::Latest). Nobody ever asks for a lock that conflicts with a writer's, so no
+//! writer waits for a reader (trap 3), and nobody waits at all; a writer still waiting for an
+//! aggregate lock has no floor yet and holds nothing back; a transaction that writes no events
+//! takes no floor (trap 6).
+//!
+//! Holders are told apart by (backend, local transaction id), as the lock table reports them.
+//! PREPARE TRANSACTION works: the locks move to the prepared transaction's dummy process (a
+//! holder of its own). They move one lock-table partition at a time, so for a moment a
+//! transaction's floor and writer keys may show under two holders; hence a floor held by a
+//! prepared transaction holds back every reader of the database, and while a prepared
+//! transaction holds a reader's writer key without a floor (its floor still moving), every floor
+//! counts. Both only make the horizon lower, never higher.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+
+use crate::locks::{self, Family, Held, LockKey, SHARED};
+use crate::mutants;
+use crate::pg;
+
+thread_local! {
+    /// The floor this backend took, and in which transaction (its local id).
+    static TAKEN: Cell<Option<(u32, LockKey)>> = const { Cell::new(None) };
+}
+
+/// Whether the current transaction holds its floor. A floor taken in a subtransaction that
+/// rolled back is gone (with the writer keys taken there): the next write takes a new one.
+fn held() -> bool {
+    matches!(TAKEN.get(), Some((transaction, key))
+        if transaction == pg::local_transaction_id() && locks::held_by_me(key, SHARED))
+}
+
+/// Takes this transaction's floor, one above `last_drawn()`, unless it holds one already. Call
+/// with the transaction's writer keys held, before it draws a position.
+pub fn take(last_drawn: impl FnOnce() -> i64) {
+    if held() {
+        return;
+    }
+    let key = locks::floor_key(last_drawn());
+    locks::acquire_shared(key);
+    TAKEN.set(Some((pg::local_transaction_id(), key)));
+}
+
+/// Draws a position with `draw`, the transaction's floor taken first.
+pub fn draw(draw: impl FnOnce() -> i64, last_drawn: impl FnOnce() -> i64) -> i64 {
+    if mutants::FLOOR_AFTER_FIRST_DRAW && !held() {
+        let last = last_drawn();
+        let position = draw();
+        take(|| last);
+        return position;
+    }
+    take(last_drawn);
+    draw()
+}
+
+/// The horizon for readers of `instance_id` (every instance when `None`): `last_drawn()`, read
+/// first, lowered to just below the lowest floor in scope in the lock table.
+pub fn horizon(instance_id: Option<&str>, last_drawn: impl FnOnce() -> i64) -> i64 {
+    let last = last_drawn();
+    if mutants::FLOORS_IGNORED {
+        return last;
+    }
+    let held = locks::held_in_this_database(&[Family::Floor, Family::Writer, Family::AllWriters]);
+    match lowest_floor(&held, instance_id.map(locks::writer_key)) {
+        Some(floor) => last.min(floor - 1),
+        None => last,
+    }
+}
+
+/// The lowest floor among `held` that a reader of the instance whose writer key is `reader`
+/// (every instance when `None`) must stay below.
+fn lowest_floor(held: &[Held], reader: Option<LockKey>) -> Option<i64> {
+    let floors = held.iter().filter(|h| h.key.family == Family::Floor);
+    let position = |h: &Held| h.key.digest as i64;
+    let Some(reader) = reader else {
+        // Every floor holder is a writer of some instance.
+        return floors.map(position).min();
+    };
+    let in_scope = |h: &Held| h.key == reader || (h.key.family == Family::AllWriters && h.exclusive);
+    let prepared = |h: &Held| pg::is_prepared_holder(h.holder);
+    let writers: HashSet<pg::LockHolder> = held.iter().filter(|h| in_scope(h)).map(|h| h.holder).collect();
+    let floor_holders: HashSet<pg::LockHolder> = floors.clone().map(|h| h.holder).collect();
+    let moving = held.iter().any(|h| prepared(h) && in_scope(h) && !floor_holders.contains(&h.holder));
+    floors.filter(|h| moving || prepared(h) || writers.contains(&h.holder)).map(position).min()
+}
