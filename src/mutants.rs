@@ -23,7 +23,8 @@ pub const NO_TENANT_CHECK: bool = cfg!(feature = "mutant_no_tenant_check");
 pub const REGISTRY_IGNORED: bool = cfg!(feature = "mutant_registry_ignored");
 /// wait_for_events counts events above the horizon, so a worker woken early spins (G15).
 pub const WAIT_IGNORES_HORIZON: bool = cfg!(feature = "mutant_wait_ignores_horizon");
-/// A writer takes its floor just after its first draw instead of just before (G4).
+/// A writer takes its floor (the right one) just after its first draw instead of just before,
+/// paused there for a moment (G4).
 pub const FLOOR_AFTER_FIRST_DRAW: bool = cfg!(feature = "mutant_floor_after_first_draw");
 /// The floors in the lock table are not consulted: the horizon is the last drawn position (G4).
 pub const FLOORS_IGNORED: bool = cfg!(feature = "mutant_floors_ignored");

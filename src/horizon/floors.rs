@@ -21,12 +21,12 @@
 //! takes no floor (trap 6).
 //!
 //! Holders are told apart by (backend, local transaction id), as the lock table reports them.
-//! PREPARE TRANSACTION works: the locks move to the prepared transaction's dummy process (a
-//! holder of its own). They move one lock-table partition at a time, so for a moment a
-//! transaction's floor and writer keys may show under two holders; hence a floor held by a
-//! prepared transaction holds back every reader of the database, and while a prepared
-//! transaction holds a reader's writer key without a floor (its floor still moving), every floor
-//! counts. Both only make the horizon lower, never higher.
+//! PREPARE TRANSACTION works: the locks move to the prepared transaction's dummy process, which
+//! keeps the preparing transaction's virtual transaction id, so it stays the same holder. A
+//! prepared transaction recovered after a restart shows no backend (and its xid); its floor
+//! holds back every reader of the database, and while such a holder has a reader's writer key
+//! but no floor, every floor counts. Both only lower the horizon; they cover a transaction whose
+//! locks would show under two holders while they move (one lock-table partition at a time).
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -61,8 +61,12 @@ pub fn take(last_drawn: impl FnOnce() -> i64) {
 /// Draws a position with `draw`, the transaction's floor taken first.
 pub fn draw(draw: impl FnOnce() -> i64, last_drawn: impl FnOnce() -> i64) -> i64 {
     if mutants::FLOOR_AFTER_FIRST_DRAW && !held() {
+        // The right floor, taken a moment too late: natively the gap between the draw and the
+        // lock is a few microseconds, shorter than a reader's look, so the mutant stands for a
+        // writer the scheduler pauses right there (2 ms), as it may on a busy server.
         let last = last_drawn();
         let position = draw();
+        std::thread::sleep(std::time::Duration::from_millis(2));
         take(|| last);
         return position;
     }
