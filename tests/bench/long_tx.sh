@@ -35,11 +35,8 @@ set_horizon_mode() {
     else
         sql postgres -c "ALTER SYSTEM RESET shared_preload_libraries"
     fi
-    if [ "$mode" = barrier ]; then
-        sql postgres -c "ALTER SYSTEM SET eventstore.horizon = 'barrier'"
-    else
-        sql postgres -c "ALTER SYSTEM RESET eventstore.horizon"
-    fi
+    # ALTER SYSTEM knows eventstore.horizon once the library is loaded.
+    sql eventstore -c "LOAD 'eventstore'" -c "ALTER SYSTEM SET eventstore.horizon = '$([ "$mode" = barrier ] && echo barrier || echo floors)'"
     as_postgres env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$PG_BIN/pg_ctl" \
         -D "$SCRATCH_ROOT/$cluster" -l "$SCRATCH_ROOT/$cluster/server.log" -w -t 60 -m fast restart >/dev/null
     [ "$(sql eventstore -Atc "SELECT eventstore.horizon_mode()")" = "$mode" ] || die "horizon mode is not $mode"
