@@ -104,3 +104,34 @@ fn lowest_floor(held: &[Held], reader: Option<LockKey>) -> Option<i64> {
     let moving = held.iter().any(|h| prepared(h) && in_scope(h) && !floor_holders.contains(&h.holder));
     floors.filter(|h| moving || prepared(h) || writers.contains(&h.holder)).map(position).min()
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// This backend's floors, as `pg_locks` shows them (the position from classid and objid).
+    const MY_FLOORS: &str = "SELECT array_agg((classid::bigint << 32) | objid::bigint ORDER BY 1)
+        FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+         AND objsubid = 17671 AND mode = 'ShareLock'";
+    const LAST_DRAWN: &str =
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM eventstore.position_seq";
+
+    #[pg_test]
+    fn a_writing_transaction_holds_one_floor_one_above_the_position_drawn_before_it() {
+        assert_eq!(Spi::get_one::<Vec<i64>>(MY_FLOORS), Ok(None), "no floor before writing");
+        let last = Spi::get_one::<i64>(LAST_DRAWN).unwrap().unwrap();
+        let first = Spi::get_one::<i64>(
+            "SELECT position FROM eventstore.push(ARRAY[eventstore.command('acme', 't', 'a', 'e')])");
+        assert_eq!(first, Ok(Some(last + 1)));
+        Spi::run("SELECT eventstore.push(ARRAY[eventstore.command('other', 't', 'b', 'e')])").unwrap();
+        assert_eq!(Spi::get_one::<Vec<i64>>(MY_FLOORS), Ok(Some(vec![last + 1])), "one floor per transaction");
+    }
+
+    #[pg_test]
+    fn lock_writer_takes_a_floor_above_the_last_drawn_position() {
+        let last = Spi::get_one::<i64>(LAST_DRAWN).unwrap().unwrap();
+        Spi::run("SELECT eventstore.lock_writer('acme')").unwrap();
+        assert_eq!(Spi::get_one::<Vec<i64>>(MY_FLOORS), Ok(Some(vec![last + 1])));
+    }
+}
