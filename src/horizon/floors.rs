@@ -31,20 +31,31 @@
 use std::cell::Cell;
 use std::collections::HashSet;
 
+use pgrx::pg_sys;
+
 use crate::locks::{self, Family, Held, LockKey, SHARED};
 use crate::mutants;
 use crate::pg;
 
+/// The floor this backend took.
+#[derive(Clone, Copy)]
+struct Taken {
+    /// The transaction's local id.
+    transaction: u32,
+    /// The subtransaction that took it (1: the top transaction).
+    subtransaction: pg_sys::SubTransactionId,
+    key: LockKey,
+}
+
 thread_local! {
-    /// The floor this backend took, and in which transaction (its local id).
-    static TAKEN: Cell<Option<(u32, LockKey)>> = const { Cell::new(None) };
+    static TAKEN: Cell<Option<Taken>> = const { Cell::new(None) };
 }
 
 /// Whether the current transaction holds its floor. A floor taken in a subtransaction that
 /// rolled back is gone (with the writer keys taken there): the next write takes a new one.
 fn held() -> bool {
-    matches!(TAKEN.get(), Some((transaction, key))
-        if transaction == pg::local_transaction_id() && locks::held_by_me(key, SHARED))
+    matches!(TAKEN.get(), Some(taken)
+        if taken.transaction == pg::local_transaction_id() && locks::held_by_me(taken.key, SHARED))
 }
 
 /// Takes this transaction's floor, one above `last_drawn()`, unless it holds one already. Call
@@ -55,7 +66,35 @@ pub fn take(last_drawn: impl FnOnce() -> i64) {
     }
     let key = locks::floor_key(last_drawn());
     locks::acquire_shared(key);
-    TAKEN.set(Some((pg::local_transaction_id(), key)));
+    // SAFETY: we are inside a transaction; this only reads its state.
+    let subtransaction = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    TAKEN.set(Some(Taken { transaction: pg::local_transaction_id(), subtransaction, key }));
+}
+
+/// At commit or abort (src/xact.rs), once the outcome is visible to every snapshot taken from
+/// now on, and before the waiters are woken: releases the floor now. PostgreSQL would release
+/// it a moment later, with the transaction's other locks, and a waiter woken meanwhile could
+/// still find its event held back by this floor, and sleep on. Raises nothing.
+pub fn transaction_ended() {
+    // (The local transaction id is already cleared here: the key alone tells.)
+    if let Some(taken) = TAKEN.take() {
+        if locks::held_by_me(taken.key, SHARED) {
+            locks::release(taken.key, SHARED);
+        }
+    }
+}
+
+/// When the subtransaction `rolled_back` rolls back: a floor taken in it (or in one nested in
+/// it, whose ids are higher) is released now, before the waiters are woken, for the same
+/// reason (every position drawn under it was drawn inside it and can never commit). Raises
+/// nothing.
+pub fn subtransaction_aborted(rolled_back: pg_sys::SubTransactionId) {
+    if let Some(taken) = TAKEN.get().filter(|t| t.subtransaction >= rolled_back) {
+        if locks::held_by_me(taken.key, SHARED) {
+            locks::release(taken.key, SHARED);
+        }
+        TAKEN.set(None);
+    }
 }
 
 /// Draws a position with `draw`, the transaction's floor taken first.

@@ -32,7 +32,7 @@ use crate::positions::last_position;
 use crate::query;
 use crate::tenancy;
 
-pub use registry::{init, refuse_prepare, subtransaction_aborted, transaction_ended, Scope};
+pub use registry::{init, refuse_prepare, Scope};
 
 /// `eventstore.horizon` without preloading: how a reader computes its horizon.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -108,6 +108,26 @@ pub fn draw(scope: Scope, draw: impl FnOnce() -> i64) -> i64 {
         registry::draw(scope, draw)
     } else {
         floors::draw(draw, last_position)
+    }
+}
+
+/// At commit or abort (src/xact.rs), once the outcome is visible and before any waiter is
+/// woken: the transaction holds nothing back any more. Raises nothing.
+pub fn transaction_ended() {
+    if registry::is_active() {
+        registry::transaction_ended()
+    } else {
+        floors::transaction_ended()
+    }
+}
+
+/// When the subtransaction `rolled_back` rolls back (the caller's ROLLBACK TO), before its
+/// waiters are woken: what it registered holds nothing back any more. Raises nothing.
+pub fn subtransaction_aborted(rolled_back: pgrx::pg_sys::SubTransactionId) {
+    if registry::is_active() {
+        registry::subtransaction_aborted(rolled_back)
+    } else {
+        floors::subtransaction_aborted(rolled_back)
     }
 }
 
