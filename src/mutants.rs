@@ -28,6 +28,8 @@ pub const WAIT_IGNORES_HORIZON: bool = cfg!(feature = "mutant_wait_ignores_horiz
 pub const FLOOR_AFTER_FIRST_DRAW: bool = cfg!(feature = "mutant_floor_after_first_draw");
 /// The floors in the lock table are not consulted: the horizon is the last drawn position (G4).
 pub const FLOORS_IGNORED: bool = cfg!(feature = "mutant_floors_ignored");
+/// A transaction's floor is released with its other locks, after the waiters were woken (G15).
+pub const FLOOR_RELEASED_LATE: bool = cfg!(feature = "mutant_floor_released_late");
 
 #[cfg(all(
     not(debug_assertions),
@@ -44,6 +46,7 @@ pub const FLOORS_IGNORED: bool = cfg!(feature = "mutant_floors_ignored");
         feature = "mutant_wait_ignores_horizon",
         feature = "mutant_floor_after_first_draw",
         feature = "mutant_floors_ignored",
+        feature = "mutant_floor_released_late",
     )
 ))]
 compile_error!("a mutant_* feature removes a safety mechanism: it builds only in debug, for scripts/mutants");

@@ -78,7 +78,7 @@ pub fn take(last_drawn: impl FnOnce() -> i64) {
 pub fn transaction_ended() {
     // (The local transaction id is already cleared here: the key alone tells.)
     if let Some(taken) = TAKEN.take() {
-        if locks::held_by_me(taken.key, SHARED) {
+        if locks::held_by_me(taken.key, SHARED) && !mutants::FLOOR_RELEASED_LATE {
             locks::release(taken.key, SHARED);
         }
     }
