@@ -133,3 +133,14 @@ REVOKE ALL ON FUNCTION eventstore.read_aggregate(text, text, text, bigint, integ
 GRANT EXECUTE ON FUNCTION eventstore.read_aggregate(text, text, text, bigint, integer),
     eventstore.aggregate_sequence(text, text, text)
     TO eventstore_writer, eventstore_reader, eventstore_projector;
+
+-- The floors (issue 19): the default horizon without preloading.
+COMMENT ON FUNCTION eventstore.await_writers(text) IS
+    'The horizon (of this instance, or of all when NULL): a position at or below which every '
+    'write has finished (G4). Answers at once in floors and registry mode; waits for the writers '
+    'in flight in barrier mode (see horizon_mode()).';
+COMMENT ON FUNCTION eventstore.horizon_mode() IS
+    'The horizon in use; writers never wait for catch-up in any: floors (the default: catch-up '
+    'never waits for writers, it reads their floors from the lock table), barrier (setting '
+    'eventstore.horizon = barrier: catch-up waits for writers in flight) or registry (eventstore '
+    'preloaded: catch-up never waits for writers).';

@@ -206,19 +206,22 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'await_writers_wrapper';
 COMMENT ON FUNCTION eventstore.await_writers(text) IS
     'The horizon (of this instance, or of all when NULL): a position at or below which every '
-    'write has finished (G4). Waits for the writers in flight in barrier mode; answers at once '
-    'in registry mode (see horizon_mode()).';
+    'write has finished (G4). Answers at once in floors and registry mode; waits for the writers '
+    'in flight in barrier mode (see horizon_mode()).';
 
 -- Which horizon catch-up uses (README "Horizon modes"): 'registry' when eventstore is in
--- shared_preload_libraries, else 'barrier'.
+-- shared_preload_libraries, else the setting eventstore.horizon: 'floors' (the default) or
+-- 'barrier'.
 CREATE FUNCTION eventstore.horizon_mode()
 RETURNS text
 LANGUAGE c STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'horizon_mode_wrapper';
 COMMENT ON FUNCTION eventstore.horizon_mode() IS
-    'The horizon in use: registry (eventstore preloaded: catch-up never waits for writers, '
-    'writers never wait for catch-up) or barrier (catch-up waits for writers in flight).';
+    'The horizon in use; writers never wait for catch-up in any: floors (the default: catch-up '
+    'never waits for writers, it reads their floors from the lock table), barrier (setting '
+    'eventstore.horizon = barrier: catch-up waits for writers in flight) or registry (eventstore '
+    'preloaded: catch-up never waits for writers).';
 
 -- Checkpoints: one row per projection and instance (instance_id NULL: a global projection).
 CREATE TABLE eventstore.projection_states (

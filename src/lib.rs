@@ -16,7 +16,7 @@ mod xact; // the transaction's end: horizon registration cleared, then NOTIFY an
 mod wakeup; // wait_for_events, NOTIFY
 
 // The mechanisms they share.
-mod horizon; // await_writers, horizon_mode; the barrier and the registry
+mod horizon; // await_writers, horizon_mode; floors, the barrier and the registry
 mod locks; // lock keys and the lock manager
 mod positions; // the position sequence
 mod tenancy; // who is calling, and on whose behalf statements run
@@ -36,6 +36,7 @@ extension_sql_file!("../sql/eventstore.sql", name = "schema", bootstrap);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     wakeup::define_settings();
+    horizon::define_settings();
     horizon::init();
     xact::init();
 }

@@ -24,9 +24,15 @@
 //! | aggregate   | 17668             | instance, aggregate type, id      | exclusive                     |
 //! | counter     | 17669             | tenant, scope                     | exclusive                     |
 //! | waiter      | 17670             | instance or none                  | shared                        |
+//! | floor       | 17671             | none: the position itself         | shared                        |
+//!
+//! A floor key (src/horizon/floors.rs) carries no digest: its 64 bits are a position, the
+//! lowest a writing transaction may still commit (field2 the high half, field3 the low half).
 //!
 //! Writers share their keys; the barrier (src/horizon/barrier.rs) never takes one, it waits for
-//! their holders. Keys are taken in sorted order within a call (trap 11).
+//! their holders, and the floors horizon only reads the lock table ([`held_in_this_database`]).
+//! Keys are taken in sorted order within a call (trap 11); a floor is taken last, after every
+//! other key of the transaction's first write, and nobody ever asks for one exclusively.
 //!
 //! This module knows keys and the lock manager, nothing else: it calls no other module of
 //! eventstore but the mutant switches and the version differences.
@@ -58,6 +64,18 @@ pub enum Family {
     Counter = 0x4505,
     /// Shared, by sessions sleeping in wait_for_events: how a committing writer finds them.
     Waiter = 0x4506,
+    /// Shared, once per writing transaction when not preloaded: the lowest position it may
+    /// still commit, readable by anyone from the lock table.
+    Floor = 0x4507,
+}
+
+impl Family {
+    const ALL: [Family; 7] = [Family::AllWriters, Family::Writer, Family::Projection,
+        Family::Aggregate, Family::Counter, Family::Waiter, Family::Floor];
+
+    fn of_field4(field4: u16) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| *f as u16 == field4)
+    }
 }
 
 /// An advisory lock key: a family and 64 bits of digest.
@@ -124,6 +142,11 @@ pub fn waiter_key(instance_id: Option<&str>) -> LockKey {
     LockKey::of(Family::Waiter, &[instance_id])
 }
 
+/// The floor of a transaction whose first position will be above `last_drawn`.
+pub fn floor_key(last_drawn: i64) -> LockKey {
+    LockKey { family: Family::Floor, digest: (last_drawn + 1) as u64 }
+}
+
 pub const SHARED: pg_sys::LOCKMODE = pg_sys::ShareLock as pg_sys::LOCKMODE;
 pub const EXCLUSIVE: pg_sys::LOCKMODE = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
 
@@ -157,6 +180,54 @@ pub fn release(key: LockKey, mode: pg_sys::LOCKMODE) {
 /// Whether this transaction holds `key` in `mode`.
 pub fn held_by_me(key: LockKey, mode: pg_sys::LOCKMODE) -> bool {
     crate::pg::lock_held_by_me(&key.tag(), mode)
+}
+
+/// Takes `key` shared until the transaction ends (a floor: nobody ever holds it exclusively, so
+/// this never waits).
+pub fn acquire_shared(key: LockKey) {
+    acquire(key, SHARED);
+}
+
+/// One of our keys held by a transaction, as the lock table reports it.
+pub struct Held {
+    /// The holding transaction (a prepared one included: see [`crate::pg::lock_holder`]).
+    pub holder: crate::pg::LockHolder,
+    pub key: LockKey,
+    pub exclusive: bool,
+}
+
+/// The keys of `families` held in this database now, read from the lock table in one pass
+/// (GetLockStatusData: every partition of the lock table locked shared for the copy, never a
+/// lock request), waiting requests left out.
+pub fn held_in_this_database(families: &[Family]) -> Vec<Held> {
+    // SAFETY: MyDatabaseId is set once at backend start and only read afterwards.
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let mut held = Vec::new();
+    // SAFETY: GetLockStatusData returns a palloc'd copy of the lock table: nelements entries at
+    // locks, read here and freed afterwards.
+    unsafe {
+        let data = pg_sys::GetLockStatusData();
+        let entries = std::slice::from_raw_parts((*data).locks, (*data).nelements as usize);
+        for entry in entries {
+            let tag = &entry.locktag;
+            if tag.locktag_type != pg_sys::LockTagType::LOCKTAG_ADVISORY as u8
+                || tag.locktag_field1 != database || entry.holdMask == 0 {
+                continue;
+            }
+            let Some(family) = Family::of_field4(tag.locktag_field4).filter(|f| families.contains(f)) else {
+                continue;
+            };
+            let digest = (u64::from(tag.locktag_field2) << 32) | u64::from(tag.locktag_field3);
+            held.push(Held {
+                holder: crate::pg::lock_holder(entry),
+                key: LockKey { family, digest },
+                exclusive: entry.holdMask & (1 << EXCLUSIVE) != 0,
+            });
+        }
+        pg_sys::pfree((*data).locks.cast());
+        pg_sys::pfree(data.cast());
+    }
+    held
 }
 
 /// Waits until every transaction that holds `key` in a mode conflicting with `mode` now has
@@ -374,8 +445,7 @@ mod tests {
 
     #[pg_test]
     fn lock_families_never_share_field4_with_pg_advisory_lock() {
-        let mut families = [Family::AllWriters, Family::Writer, Family::Projection, Family::Aggregate,
-            Family::Counter, Family::Waiter].map(|f| f as u16);
+        let mut families = Family::ALL.map(|f| f as u16);
         families.sort();
         assert!(families.windows(2).all(|w| w[0] != w[1]));
         assert!(families.iter().all(|f| *f != 1 && *f != 2), "pg_advisory_lock uses 1 and 2");

@@ -23,6 +23,13 @@ pub const NO_TENANT_CHECK: bool = cfg!(feature = "mutant_no_tenant_check");
 pub const REGISTRY_IGNORED: bool = cfg!(feature = "mutant_registry_ignored");
 /// wait_for_events counts events above the horizon, so a worker woken early spins (G15).
 pub const WAIT_IGNORES_HORIZON: bool = cfg!(feature = "mutant_wait_ignores_horizon");
+/// A writer takes its floor (the right one) just after its first draw instead of just before,
+/// paused there for a moment (G4).
+pub const FLOOR_AFTER_FIRST_DRAW: bool = cfg!(feature = "mutant_floor_after_first_draw");
+/// The floors in the lock table are not consulted: the horizon is the last drawn position (G4).
+pub const FLOORS_IGNORED: bool = cfg!(feature = "mutant_floors_ignored");
+/// A transaction's floor is released with its other locks, after the waiters were woken (G15).
+pub const FLOOR_RELEASED_LATE: bool = cfg!(feature = "mutant_floor_released_late");
 
 #[cfg(all(
     not(debug_assertions),
@@ -37,6 +44,9 @@ pub const WAIT_IGNORES_HORIZON: bool = cfg!(feature = "mutant_wait_ignores_horiz
         feature = "mutant_no_tenant_check",
         feature = "mutant_registry_ignored",
         feature = "mutant_wait_ignores_horizon",
+        feature = "mutant_floor_after_first_draw",
+        feature = "mutant_floors_ignored",
+        feature = "mutant_floor_released_late",
     )
 ))]
 compile_error!("a mutant_* feature removes a safety mechanism: it builds only in debug, for scripts/mutants");

@@ -61,6 +61,34 @@ pub fn proc_by_number(number: i32) -> Option<*mut pg_sys::PGPROC> {
     (!proc.is_null()).then_some(proc)
 }
 
+/// The transaction holding a lock-table entry: its backend (proc number from 17 on) and local
+/// transaction id. A prepared transaction's locks belong to a dummy process with no backend and
+/// its xid as local id, so each prepared transaction is a holder of its own.
+pub type LockHolder = (i32, u32);
+
+#[cfg(any(feature = "pg15", feature = "pg16"))]
+pub fn lock_holder(entry: &pg_sys::LockInstanceData) -> LockHolder {
+    (entry.backend, entry.lxid)
+}
+
+/// As above, from 17 on (where the holder is the entry's virtual transaction id).
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+pub fn lock_holder(entry: &pg_sys::LockInstanceData) -> LockHolder {
+    (entry.vxid.procNumber, entry.vxid.lxid)
+}
+
+/// Whether a lock holder is a prepared transaction (its dummy process has no backend).
+#[cfg(any(feature = "pg15", feature = "pg16"))]
+pub fn is_prepared_holder(holder: LockHolder) -> bool {
+    holder.0 == pg_sys::InvalidBackendId
+}
+
+/// As above, from 17 on.
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+pub fn is_prepared_holder(holder: LockHolder) -> bool {
+    holder.0 == pg_sys::INVALID_PROC_NUMBER
+}
+
 /// Whether this transaction holds the lock `tag` in exactly `mode`.
 #[cfg(any(feature = "pg15", feature = "pg16"))]
 pub fn lock_held_by_me(tag: &pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE) -> bool {

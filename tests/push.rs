@@ -227,6 +227,7 @@ fn my_advisory_locks(client: &mut impl postgres::GenericClient) -> Vec<(i32, Str
 
 const ALL_WRITERS: i32 = 0x4501;
 const WRITER: i32 = 0x4502;
+const FLOOR: i32 = 0x4507;
 
 #[test]
 fn a_bulk_push_locks_only_its_instance_and_stalls_no_other_tenant() {
@@ -242,26 +243,39 @@ fn a_bulk_push_locks_only_its_instance_and_stalls_no_other_tenant() {
     assert_eq!(push_one(&mut neighbour, &other, "a", "e").0, 1);
     let handed_out = neighbour.query("SELECT * FROM eventstore.projection_catchup('bulk', $1)", &[&other]).unwrap();
     assert_eq!(handed_out.len(), 1, "the other tenant's catch-up does not wait for the bulk push");
-    assert_eq!(my_advisory_locks(&mut tx),
-        vec![(ALL_WRITERS, "ShareLock".to_string()), (WRITER, "ExclusiveLock".to_string())],
-        "two locks, not a thousand: the instance's writer key exclusively");
+    let mode: String = observer.query_one("SELECT eventstore.horizon_mode()", &[]).unwrap().get(0);
+    let mut expected = vec![(ALL_WRITERS, "ShareLock".to_string()), (WRITER, "ExclusiveLock".to_string())];
+    if mode != "registry" {
+        expected.push((FLOOR, "ShareLock".to_string()));
+    }
+    assert_eq!(my_advisory_locks(&mut tx), expected,
+        "a few locks, not a thousand: the instance's writer key exclusively (and the floor, not preloaded)");
 
-    // The bulk push's own tenant: its writers and its catch-up wait for it.
+    // The bulk push's own tenant: its writers wait for it; its catch-up waits for it (barrier)
+    // or answers at once below it (floors, registry).
     let mut writer = connect();
     let writer_pid = pid(&mut writer);
     let t1 = t.clone();
     let waiter = thread::spawn(move || push_one(&mut writer, &t1, "1", "e"));
     wait_until_blocked(&mut observer, writer_pid);
     let mut worker = connect();
-    let worker_pid = pid(&mut worker);
-    let t2 = t.clone();
-    let catchup = thread::spawn(move || -> usize {
-        worker.query("SELECT * FROM eventstore.projection_catchup('bulk', $1, 5000)", &[&t2]).unwrap().len()
-    });
-    wait_until_blocked(&mut observer, worker_pid);
-    tx.commit().unwrap();
-    assert_eq!(waiter.join().unwrap().0, 2, "the tenant's next writer continued the sequence");
-    assert!(catchup.join().unwrap() >= 1000, "the per-instance barrier waited for the bulk push");
+    let catch_up = move |worker: &mut postgres::Client, t: &str| -> usize {
+        worker.query("SELECT * FROM eventstore.projection_catchup('bulk', $1, 5000)", &[&t]).unwrap().len()
+    };
+    if mode == "barrier" {
+        let worker_pid = pid(&mut worker);
+        let t2 = t.clone();
+        let catchup = thread::spawn(move || catch_up(&mut worker, &t2));
+        wait_until_blocked(&mut observer, worker_pid);
+        tx.commit().unwrap();
+        assert_eq!(waiter.join().unwrap().0, 2, "the tenant's next writer continued the sequence");
+        assert!(catchup.join().unwrap() >= 1000, "the per-instance barrier waited for the bulk push");
+    } else {
+        assert_eq!(catch_up(&mut worker, &t), 0, "nothing of the tenant below the bulk push's floor, at once");
+        tx.commit().unwrap();
+        assert_eq!(waiter.join().unwrap().0, 2, "the tenant's next writer continued the sequence");
+        assert!(catch_up(&mut worker, &t) >= 1000, "the bulk push's events once it committed");
+    }
 }
 
 #[test]

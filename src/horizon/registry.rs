@@ -120,7 +120,7 @@ thread_local! {
 }
 
 /// From `_PG_init`: asks for the registry's shared memory when preloaded; otherwise nothing,
-/// and the barrier stays in charge.
+/// and the floors (or the barrier) stay in charge.
 pub fn init() {
     // SAFETY: _PG_init runs once per process, single-threaded, before any hook can be called.
     unsafe {

@@ -26,6 +26,8 @@ $$;
 --   17666 writer       instance
 --   17667 projection   instance (or none), projection
 --   17668 aggregate    instance, aggregate type, aggregate id
+--   17671 floor        no names: a position (the last drawn + 1 when the transaction first
+--                      wrote) in classid (high half) and objid (low half); not preloaded only
 CREATE TEMP VIEW documented_lock_keys (lock, objsubid, classid, objid) AS
 SELECT 'all writers', 17665, 0::oid, 0::oid
 UNION ALL
@@ -43,7 +45,9 @@ CROSS JOIN LATERAL pg_temp.lock_key(v.family, v.names) AS k;
 
 -- The advisory locks this session holds, named after the keys above.
 CREATE TEMP VIEW my_advisory_locks AS
-SELECT coalesce(k.lock, 'undocumented') AS lock, l.objsubid AS family, l.mode, l.granted
+SELECT coalesce(k.lock,
+                CASE WHEN l.objsubid = 17671 THEN 'floor ' || ((l.classid::bigint << 32) | l.objid::bigint) END,
+                'undocumented') AS lock, l.objsubid AS family, l.mode, l.granted
   FROM pg_locks l
   LEFT JOIN documented_lock_keys k
          ON k.objsubid = l.objsubid AND k.classid = l.classid AND k.objid = l.objid
