@@ -23,6 +23,10 @@ pub const NO_TENANT_CHECK: bool = cfg!(feature = "mutant_no_tenant_check");
 pub const REGISTRY_IGNORED: bool = cfg!(feature = "mutant_registry_ignored");
 /// wait_for_events counts events above the horizon, so a worker woken early spins (G15).
 pub const WAIT_IGNORES_HORIZON: bool = cfg!(feature = "mutant_wait_ignores_horizon");
+/// partition_catchup, set_partitions and reset_projection take no partition lock (G12).
+pub const NO_PARTITION_LOCK: bool = cfg!(feature = "mutant_no_partition_lock");
+/// A resize takes effect at once: the new partitions ignore the resize position (G12).
+pub const RESIZE_IGNORED: bool = cfg!(feature = "mutant_resize_ignored");
 
 #[cfg(all(
     not(debug_assertions),
@@ -37,6 +41,8 @@ pub const WAIT_IGNORES_HORIZON: bool = cfg!(feature = "mutant_wait_ignores_horiz
         feature = "mutant_no_tenant_check",
         feature = "mutant_registry_ignored",
         feature = "mutant_wait_ignores_horizon",
+        feature = "mutant_no_partition_lock",
+        feature = "mutant_resize_ignored",
     )
 ))]
 compile_error!("a mutant_* feature removes a safety mechanism: it builds only in debug, for scripts/mutants");

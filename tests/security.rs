@@ -73,6 +73,15 @@ fn the_roles_have_exactly_their_documented_privileges_and_public_has_none() {
         "eventstore_projector EXECUTE function eventstore.wait_for_events(text,text,integer)",
         "eventstore_projector SELECT relation projection_states",
         "eventstore_projector DELETE relation projection_states",
+        // Partitioned projections (G12).
+        "eventstore_reader SELECT relation projections",
+        "eventstore_reader EXECUTE function eventstore.partition_of(text,text,text,integer)",
+        "eventstore_reader EXECUTE function eventstore.projection_lock_key(text,text,integer)",
+        "eventstore_projector SELECT relation projections",
+        "eventstore_projector EXECUTE function eventstore.partition_of(text,text,text,integer)",
+        "eventstore_projector EXECUTE function eventstore.projection_lock_key(text,text,integer)",
+        "eventstore_projector EXECUTE function eventstore.set_partitions(text,text,integer)",
+        "eventstore_projector EXECUTE function eventstore.partition_catchup(text,text,integer,text[],text[],boolean)",
     ].iter().map(|s| s.to_string()).collect();
     let actual = granted(&mut admin);
     let missing: Vec<_> = expected.difference(&actual).collect();
