@@ -219,15 +219,19 @@ CREATE TABLE eventstore.projections (
     partitions      integer     NOT NULL DEFAULT 1,
     resize_from     integer,
     resize_position bigint      NOT NULL DEFAULT 0,
+    max_attempts    integer     NOT NULL DEFAULT 3,
+    hold_aggregate  boolean     NOT NULL DEFAULT true,
     updated_at      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT projections_key UNIQUE NULLS NOT DISTINCT (projection, instance_id),
     CONSTRAINT projections_partitions_check CHECK (partitions BETWEEN 1 AND 256),
-    CONSTRAINT projections_resize_from_check CHECK (resize_from BETWEEN 1 AND 256)
+    CONSTRAINT projections_resize_from_check CHECK (resize_from BETWEEN 1 AND 256),
+    CONSTRAINT projections_max_attempts_check CHECK (max_attempts BETWEEN 1 AND 100)
 );
 COMMENT ON TABLE eventstore.projections IS
     'How a projection is run: its partition count and, while a resize drains, the count before '
     '(resize_from) and the position from which the new count applies (resize_position: events '
-    'at or below it belong to the old partitions). Written by set_partitions.';
+    'at or below it belong to the old partitions); its poison policy (max_attempts, '
+    'hold_aggregate). Written by set_partitions and set_poison_policy.';
 
 -- The partition of an aggregate among `partitions`: hashtextextended (seed 0) over an
 -- unambiguous encoding of the aggregate (each name as its length in characters, a colon and the
@@ -308,6 +312,115 @@ COMMENT ON FUNCTION eventstore.partition_catchup(text, text, integer, text[], te
     'The next batch of the first free partition of a projection that has one (G4-G7 per '
     'partition, G12), its checkpoint advanced in the caller''s transaction. Busy partitions are '
     'passed over; zero rows: nothing for this worker now.';
+
+-- Poison events (src/catchup/poison.rs, G13). A worker whose handler failed rolls back and, in a
+-- transaction of its own, calls projection_failed: the failure is recorded here, outside the
+-- failing transaction (trap 16). The partition's next batch then stops before the failing event
+-- and hands it out alone; after max_attempts (set_poison_policy) the catch-up parks it instead
+-- and goes on.
+CREATE TABLE eventstore.projection_failures (
+    projection      text        NOT NULL,
+    instance_id     text,
+    partition       integer     NOT NULL,
+    "position"      bigint      NOT NULL,
+    attempts        integer     NOT NULL,
+    error           text        NOT NULL,
+    first_failed_at timestamptz NOT NULL,
+    last_failed_at  timestamptz NOT NULL,
+    CONSTRAINT projection_failures_key UNIQUE NULLS NOT DISTINCT (projection, instance_id, partition)
+);
+COMMENT ON TABLE eventstore.projection_failures IS
+    'The event a partition failed on, and how often: written by projection_failed in a '
+    'transaction of its own, so the count survives the failing batch''s rollback.';
+
+-- Parked events: handed out no more until retried (retry_parked) or discarded (discard_parked).
+-- held_behind: the position of the parked event of the same aggregate this one waits behind
+-- (hold_aggregate); NULL for an event parked for its own failures.
+CREATE TABLE eventstore.parked_events (
+    projection        text        NOT NULL,
+    instance_id       text,
+    partition         integer     NOT NULL,
+    "position"        bigint      NOT NULL,
+    event_instance_id text        NOT NULL,
+    aggregate_type    text        NOT NULL,
+    aggregate_id      text        NOT NULL,
+    sequence          bigint      NOT NULL,
+    error             text,
+    attempts          integer     NOT NULL,
+    first_failed_at   timestamptz,
+    last_failed_at    timestamptz,
+    parked_at         timestamptz NOT NULL,
+    held_behind       bigint,
+    retry             boolean     NOT NULL DEFAULT false,
+    CONSTRAINT parked_events_key UNIQUE NULLS NOT DISTINCT (projection, instance_id, "position")
+);
+CREATE INDEX parked_events_aggregate
+    ON eventstore.parked_events (projection, event_instance_id, aggregate_type, aggregate_id);
+COMMENT ON TABLE eventstore.parked_events IS
+    'Events a projection parked: failed max_attempts times (error, attempts, first and last '
+    'failure), or held behind such an event of the same aggregate (held_behind). retry: handed '
+    'out again by the partition''s next catch-up.';
+
+CREATE FUNCTION eventstore.set_poison_policy(
+    projection     text,
+    instance_id    text,
+    max_attempts   integer DEFAULT 3,
+    hold_aggregate boolean DEFAULT true
+) RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'set_poison_policy_wrapper';
+COMMENT ON FUNCTION eventstore.set_poison_policy(text, text, integer, boolean) IS
+    'After max_attempts (1..100) recorded failures an event is parked; hold_aggregate: the same '
+    'aggregate''s later events are parked behind it (true) or go on (false).';
+
+CREATE FUNCTION eventstore.projection_failed(
+    projection  text,
+    instance_id text,
+    partition   integer,
+    error       text,
+    "position"  bigint DEFAULT NULL
+) RETURNS integer
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'projection_failed_wrapper';
+COMMENT ON FUNCTION eventstore.projection_failed(text, text, integer, text, bigint) IS
+    'Records a handler failure for the partition''s next event (or the event at position), in '
+    'the caller''s transaction: call it after rolling the failing batch back (G13). Returns the '
+    'attempts counted so far.';
+
+CREATE FUNCTION eventstore.retry_parked(projection text, instance_id text, positions bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'retry_parked_wrapper';
+COMMENT ON FUNCTION eventstore.retry_parked(text, text, bigint[]) IS
+    'Marks parked events (all when positions is NULL) to be handed out again, in position order, '
+    'by their partition''s next catch-up, before its new events. Returns how many.';
+
+CREATE FUNCTION eventstore.discard_parked(projection text, instance_id text, positions bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'discard_parked_wrapper';
+COMMENT ON FUNCTION eventstore.discard_parked(text, text, bigint[]) IS
+    'Deletes parked events (all when positions is NULL): they are never handed out again. '
+    'Returns how many.';
+
+-- Rebuilds (src/catchup/rebuild.rs).
+CREATE FUNCTION eventstore.reset_projection(
+    projection  text,
+    instance_id text    DEFAULT NULL,
+    partition   integer DEFAULT NULL,
+    to_position bigint  DEFAULT 0
+) RETURNS integer
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'reset_projection_wrapper';
+COMMENT ON FUNCTION eventstore.reset_projection(text, text, integer, bigint) IS
+    'Moves the checkpoint of one partition (or of all, when partition is NULL) to to_position, '
+    'waiting for running batches, in the caller''s transaction: the events after it are handed '
+    'out again to rebuild the read model. Returns how many partitions were reset.';
 
 -- security_invoker: a reader bound to a tenant sees its own tenant's lag only (the tables'
 -- row-level security applies to the caller, not to the view's owner).
@@ -479,3 +592,23 @@ GRANT EXECUTE ON FUNCTION
     eventstore.set_partitions(text, text, integer),
     eventstore.partition_catchup(text, text, integer, text[], text[], boolean)
     TO eventstore_projector;
+
+SELECT pg_catalog.pg_extension_config_dump('eventstore.projection_failures', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.parked_events', '');
+ALTER TABLE eventstore.projection_failures ENABLE ROW LEVEL SECURITY;
+ALTER TABLE eventstore.parked_events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON eventstore.projection_failures
+    USING (instance_id = pg_catalog.current_setting('eventstore.tenant', true));
+CREATE POLICY tenant_isolation ON eventstore.parked_events
+    USING (instance_id = pg_catalog.current_setting('eventstore.tenant', true));
+-- Poison events: the failures and parked events are readable by readers and projectors; the
+-- functions that record, retry and discard belong to the projector.
+GRANT SELECT ON eventstore.projection_failures, eventstore.parked_events
+    TO eventstore_reader, eventstore_projector;
+GRANT EXECUTE ON FUNCTION
+    eventstore.set_poison_policy(text, text, integer, boolean),
+    eventstore.projection_failed(text, text, integer, text, bigint),
+    eventstore.retry_parked(text, text, bigint[]),
+    eventstore.discard_parked(text, text, bigint[])
+    TO eventstore_projector;
+GRANT EXECUTE ON FUNCTION eventstore.reset_projection(text, text, integer, bigint) TO eventstore_projector;

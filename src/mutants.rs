@@ -27,6 +27,9 @@ pub const WAIT_IGNORES_HORIZON: bool = cfg!(feature = "mutant_wait_ignores_horiz
 pub const NO_PARTITION_LOCK: bool = cfg!(feature = "mutant_no_partition_lock");
 /// A resize takes effect at once: the new partitions ignore the resize position (G12).
 pub const RESIZE_IGNORED: bool = cfg!(feature = "mutant_resize_ignored");
+/// Handler failures are counted when catch-up hands an event out, in the failing batch's own
+/// transaction, so they roll back with it (trap 16, G13); projection_failed records nothing.
+pub const FAILURE_IN_BATCH: bool = cfg!(feature = "mutant_failure_in_batch");
 
 #[cfg(all(
     not(debug_assertions),
@@ -43,6 +46,7 @@ pub const RESIZE_IGNORED: bool = cfg!(feature = "mutant_resize_ignored");
         feature = "mutant_wait_ignores_horizon",
         feature = "mutant_no_partition_lock",
         feature = "mutant_resize_ignored",
+        feature = "mutant_failure_in_batch",
     )
 ))]
 compile_error!("a mutant_* feature removes a safety mechanism: it builds only in debug, for scripts/mutants");

@@ -362,3 +362,200 @@ fn partition_of_is_stable_and_in_range() {
             AND eventstore.partition_of('a', 'b:c', 'd', 5) IS NOT NULL", &[]).unwrap().get(0);
     assert!(same);
 }
+
+// ---- Poison events (G13) ----
+
+/// One failing attempt as the documented worker loop makes it: catch-up, the handler fails on
+/// the event at `fails_on`, ROLLBACK, then projection_failed in a new transaction. Returns what
+/// the batch handed out.
+fn failing_attempt(client: &mut Client, projection: &str, instance: &str, fails_on: i64) -> Vec<i64> {
+    let mut tx = client.transaction().unwrap();
+    let handed: Vec<i64> = partition_batch(&mut tx, projection, instance, 100).iter().map(|h| h.3).collect();
+    tx.rollback().unwrap();
+    if handed.contains(&fails_on) {
+        client.query_one("SELECT eventstore.projection_failed($1, $2, 0, 'handler failed', $3)",
+            &[&projection, &instance, &fails_on]).unwrap();
+    }
+    handed
+}
+
+#[test]
+fn a_poison_event_is_isolated_then_parked_and_the_projection_goes_on() {
+    let t = tenant("poison");
+    let mut client = connect();
+    client.execute("SELECT eventstore.set_poison_policy('poison', $1, 3, false)", &[&t]).unwrap();
+    let positions = push_each(&mut client, &t, &aggregates(5), "placed");
+    let poison = positions[2];
+    // Attempt 1: the whole batch, rolled back.
+    assert_eq!(failing_attempt(&mut client, "poison", &t, poison), positions);
+    // The record survived the rollback.
+    let attempts: i32 = client.query_one(
+        "SELECT attempts FROM eventstore.projection_failures WHERE instance_id = $1", &[&t]).unwrap().get(0);
+    assert_eq!(attempts, 1);
+    // The events before it come as usual (and commit); then it comes alone, twice.
+    let mut tx = client.transaction().unwrap();
+    assert_eq!(partition_batch(&mut tx, "poison", &t, 100).iter().map(|h| h.3).collect::<Vec<_>>(), &positions[..2]);
+    tx.commit().unwrap();
+    assert_eq!(failing_attempt(&mut client, "poison", &t, poison), vec![poison]);
+    assert_eq!(failing_attempt(&mut client, "poison", &t, poison), vec![poison]);
+    // Third failure recorded: parked, and the projection goes on past it.
+    let mut tx = client.transaction().unwrap();
+    assert_eq!(partition_batch(&mut tx, "poison", &t, 100).iter().map(|h| h.3).collect::<Vec<_>>(), &positions[3..]);
+    tx.commit().unwrap();
+    let parked: Vec<(i64, i32, String)> = client.query(
+        "SELECT position, attempts, error FROM eventstore.parked_events WHERE instance_id = $1", &[&t])
+        .unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(parked, vec![(poison, 3, "handler failed".to_string())]);
+    let failures: i64 = client.query_one(
+        "SELECT count(*) FROM eventstore.projection_failures WHERE instance_id = $1", &[&t]).unwrap().get(0);
+    assert_eq!(failures, 0);
+    // Retried: handed out again first, once; then nothing is parked any more.
+    let marked: i64 = client.query_one("SELECT eventstore.retry_parked('poison', $1)", &[&t]).unwrap().get(0);
+    assert_eq!(marked, 1);
+    let mut tx = client.transaction().unwrap();
+    assert_eq!(partition_batch(&mut tx, "poison", &t, 100).iter().map(|h| h.3).collect::<Vec<_>>(), vec![poison]);
+    tx.commit().unwrap();
+    let left: i64 = client.query_one(
+        "SELECT count(*) FROM eventstore.parked_events WHERE instance_id = $1", &[&t]).unwrap().get(0);
+    assert_eq!(left, 0);
+    assert!(drain(&mut client, "poison", &t, 100).is_empty());
+}
+
+#[test]
+fn hold_aggregate_parks_the_same_aggregates_later_events_behind_the_poison_one() {
+    let t = tenant("hold");
+    let mut client = connect();
+    client.execute("SELECT eventstore.set_poison_policy('hold', $1, 1, true)", &[&t]).unwrap();
+    let x = vec!["x".to_string()];
+    let y = vec!["y".to_string()];
+    let x1 = push_each(&mut client, &t, &x, "placed")[0];
+    let y1 = push_each(&mut client, &t, &y, "placed")[0];
+    let x2 = push_each(&mut client, &t, &x, "paid")[0];
+    failing_attempt(&mut client, "hold", &t, x1);
+    // max_attempts 1: parked at once; x's later event is held behind it, y goes on.
+    let mut tx = client.transaction().unwrap();
+    assert_eq!(partition_batch(&mut tx, "hold", &t, 100).iter().map(|h| h.3).collect::<Vec<_>>(), vec![y1]);
+    tx.commit().unwrap();
+    let parked: Vec<(i64, Option<i64>)> = client.query(
+        "SELECT position, held_behind FROM eventstore.parked_events WHERE instance_id = $1 ORDER BY position", &[&t])
+        .unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(parked, vec![(x1, None), (x2, Some(x1))]);
+    // A new event of x is held too; retrying every parked event hands them out in order.
+    let x3 = push_each(&mut client, &t, &x, "shipped")[0];
+    assert!(drain(&mut client, "hold", &t, 100).is_empty());
+    client.execute("SELECT eventstore.retry_parked('hold', $1)", &[&t]).unwrap();
+    let handed: Vec<i64> = drain(&mut client, "hold", &t, 100).iter().map(|h| h.3).collect();
+    assert_eq!(handed, vec![x1, x2, x3]);
+}
+
+#[test]
+fn discard_parked_drops_them_for_good() {
+    let t = tenant("discard");
+    let mut client = connect();
+    client.execute("SELECT eventstore.set_poison_policy('discard', $1, 1, false)", &[&t]).unwrap();
+    let positions = push_each(&mut client, &t, &aggregates(2), "placed");
+    failing_attempt(&mut client, "discard", &t, positions[0]);
+    assert_eq!(drain(&mut client, "discard", &t, 100).iter().map(|h| h.3).collect::<Vec<_>>(), &positions[1..]);
+    let dropped: i64 = client.query_one("SELECT eventstore.discard_parked('discard', $1, ARRAY[$2::bigint])",
+        &[&t, &positions[0]]).unwrap().get(0);
+    assert_eq!(dropped, 1);
+    assert_eq!(client.query_one("SELECT eventstore.retry_parked('discard', $1)", &[&t]).unwrap().get::<_, i64>(0), 0);
+    assert!(drain(&mut client, "discard", &t, 100).is_empty());
+}
+
+#[test]
+fn poison_functions_refuse_bad_input_and_write_nothing() {
+    let t = tenant("poison-bad");
+    let mut client = connect();
+    push_each(&mut client, &t, &aggregates(1), "placed");
+    let cases: &[(&str, &str)] = &[
+        ("SELECT eventstore.projection_failed('p', $1, NULL, 'e')", "22004"),
+        ("SELECT eventstore.projection_failed('p', $1, 0, NULL)", "22004"),
+        ("SELECT eventstore.projection_failed(NULL, $1, 0, 'e')", "22004"),
+        ("SELECT eventstore.projection_failed('p', $1, 1, 'e')", "22023"),
+        ("SELECT eventstore.projection_failed('p', $1, -1, 'e')", "22023"),
+        ("SELECT eventstore.projection_failed('p', $1, 0, 'e', 0)", "22023"),
+        ("SELECT eventstore.projection_failed('p', $1 || '-empty', 0, 'e')", "55000"),
+        ("SELECT eventstore.set_poison_policy('p', $1, 0, true)", "22023"),
+        ("SELECT eventstore.set_poison_policy('p', $1, 101, true)", "22023"),
+        ("SELECT eventstore.set_poison_policy('p', $1, NULL, true)", "22004"),
+        ("SELECT eventstore.set_poison_policy('p', $1, 3, NULL)", "22004"),
+        ("SELECT eventstore.retry_parked('p', $1, ARRAY[NULL]::bigint[])", "22004"),
+        ("SELECT eventstore.discard_parked(NULL, $1)", "22004"),
+        ("SELECT eventstore.reset_projection('p', $1)", "22023"),
+        ("SELECT eventstore.reset_projection('p', $1, NULL, NULL)", "22004"),
+    ];
+    for (sql, code) in cases {
+        let err = client.query(*sql, &[&t]).unwrap_err();
+        assert_eq!(&db_error(&err).0, code, "{sql}");
+    }
+    let written: i64 = client.query_one(
+        "SELECT (SELECT count(*) FROM eventstore.projections WHERE instance_id LIKE $1 || '%') \
+              + (SELECT count(*) FROM eventstore.projection_failures WHERE instance_id LIKE $1 || '%') \
+              + (SELECT count(*) FROM eventstore.parked_events WHERE instance_id LIKE $1 || '%') \
+              + (SELECT count(*) FROM eventstore.projection_states WHERE instance_id LIKE $1 || '%')", &[&t])
+        .unwrap().get(0);
+    assert_eq!(written, 0);
+}
+
+// ---- Rebuilds ----
+
+#[test]
+fn reset_projection_hands_a_partition_or_all_of_them_out_again() {
+    let t = tenant("reset");
+    let mut client = connect();
+    set_partitions(&mut client, "reset", &t, 2);
+    let ids = aggregates(10);
+    let expected: BTreeSet<i64> = push_each(&mut client, &t, &ids, "placed").into_iter().collect();
+    assert_eq!(drain(&mut client, "reset", &t, 100).len(), 10);
+    // One partition: only its events again.
+    let reset: i32 = client.query_one("SELECT eventstore.reset_projection('reset', $1, 1)", &[&t]).unwrap().get(0);
+    assert_eq!(reset, 1);
+    let again = drain(&mut client, "reset", &t, 100);
+    assert!(!again.is_empty() && again.iter().all(|h| h.0 == 1));
+    // Every partition: everything again, exactly once.
+    assert_eq!(client.query_one("SELECT eventstore.reset_projection('reset', $1)", &[&t]).unwrap().get::<_, i32>(0), 2);
+    assert_exactly_once_in_order(&drain(&mut client, "reset", &t, 3), &expected);
+    let err = client.query("SELECT eventstore.reset_projection('reset', $1, 2)", &[&t]).unwrap_err();
+    assert_eq!(db_error(&err).0, "22023", "partition out of range");
+}
+
+#[test]
+fn reset_projection_waits_for_a_running_batch() {
+    let t = tenant("reset-waits");
+    let mut a = connect();
+    push_each(&mut a, &t, &aggregates(3), "placed");
+    let mut worker = a.transaction().unwrap();
+    assert_eq!(partition_batch(&mut worker, "rw", &t, 100).len(), 3);
+    let mut b = connect();
+    let b_pid = pid(&mut b);
+    let t2 = t.clone();
+    let resetter = thread::spawn(move || b.query_one("SELECT eventstore.reset_projection('rw', $1)", &[&t2]).unwrap().get::<_, i32>(0));
+    let mut observer = connect();
+    wait_until_blocked(&mut observer, b_pid);
+    worker.commit().unwrap();
+    assert_eq!(resetter.join().unwrap(), 1);
+    assert_eq!(drain(&mut a, "rw", &t, 100).len(), 3, "the reset came after the batch's commit");
+}
+
+#[test]
+fn blue_green_a_new_version_catches_up_beside_the_old_one() {
+    let t = tenant("bluegreen");
+    let mut client = connect();
+    let ids = aggregates(6);
+    let mut expected: BTreeSet<i64> = push_each(&mut client, &t, &ids, "placed").into_iter().collect();
+    // The old version runs unpartitioned; the new one, under its own name, with 3 partitions.
+    assert_eq!(drain(&mut client, "totals", &t, 100).len(), 6);
+    set_partitions(&mut client, "totals_v2", &t, 3);
+    expected.extend(push_each(&mut client, &t, &ids, "paid"));
+    let old = drain(&mut client, "totals", &t, 100);
+    let new = drain(&mut client, "totals_v2", &t, 4);
+    assert_eq!(old.len(), 6, "the old version goes on with the new events only");
+    assert_exactly_once_in_order(&new, &expected);
+    // Caught up: both at the head; readers switch to totals_v2.
+    let behind: Vec<(String, i64)> = client.query(
+        "SELECT projection, sum(events_behind)::bigint FROM eventstore.projection_status \
+          WHERE instance_id = $1 GROUP BY projection ORDER BY projection", &[&t])
+        .unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(behind, vec![("totals".to_string(), 0), ("totals_v2".to_string(), 0)]);
+}

@@ -27,6 +27,8 @@
 //! hold per partition exactly as they hold for a whole projection (G12).
 
 mod partitions;
+mod poison;
+mod rebuild;
 
 use pgrx::fcinfo::pg_getarg;
 use pgrx::pg_sys;
@@ -164,33 +166,88 @@ enum Handed {
 /// or the partitioning skipped. `partition_column`: each row starts with the partition number.
 fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_column: bool) -> Handed {
     let definition = partitions::Definition::read(request.projection, request.instance_id);
-    let checkpoint = read_checkpoint(request, partition);
+    let poison = schema_has_partitions();
+    if let Some(retried) = poison.then(|| poison::due_retries(request, partition, partition_column)).flatten() {
+        return Handed::Rows(retried);
+    }
+    let mut checkpoint = read_checkpoint(request, partition);
     let Some(layout) = definition.layout(request, partition, checkpoint) else {
         return Handed::Nothing;
     };
-    let upto = layout.until.map_or(horizon.get(), |until| until.min(horizon.get()));
+    let mut upto = layout.until.map_or(horizon.get(), |until| until.min(horizon.get()));
     if upto <= checkpoint {
         return Handed::Nothing;
     }
-    let shape = Shape { request, partitioned: layout.partitions > 1, partition_column };
-    let rows = query::run(&shape.batch_query(), &[
+    let mut limit = request.batch_size;
+    // A recorded failure (G13): the events before the failing one as usual, then the failing
+    // one alone, and after max_attempts, parked and passed. Events before it in other
+    // partitions or filtered out are passed at once, so that zero rows still means nothing.
+    if let Some(failure) = poison.then(|| poison::failure(request, partition, checkpoint)).flatten() {
+        if failure.position - 1 > checkpoint
+            && has_events(request, &layout, partition, checkpoint, failure.position - 1) {
+            upto = upto.min(failure.position - 1);
+        } else if failure.attempts >= definition.max_attempts && failure.position <= upto {
+            poison::park(request, partition);
+            checkpoint = failure.position;
+            if upto <= checkpoint {
+                write_checkpoint(request, partition, checkpoint);
+                return Handed::Moved;
+            }
+        } else {
+            checkpoint = checkpoint.max(failure.position - 1);
+            upto = upto.min(failure.position);
+            limit = 1;
+        }
+    }
+    let shape = Shape {
+        request,
+        partitioned: layout.partitions > 1,
+        partition_column,
+        held: poison && definition.hold_aggregate && poison::has_parked(request),
+    };
+    let args = |upto: i64| [
         Arg::new(checkpoint),
         Arg::new(upto),
-        Arg::new(request.batch_size),
+        Arg::new(limit),
         Arg::new(request.instance_id),
         Arg::new(request.aggregate_types.clone()),
         Arg::new(request.event_types.clone()),
         Arg::new(layout.partitions),
         Arg::new(partition),
-    ], Snapshot::Latest);
-    let full = rows.len() == request.batch_size as usize;
+        Arg::new(request.projection),
+    ];
+    let rows = query::run(&shape.batch_query(), &args(upto), Snapshot::Latest);
+    let full = rows.len() == limit as usize;
     let advanced_to = if full {
         rows.get_named::<i64>(rows.len() - 1, c"position").expect("position is not NULL")
     } else {
         upto
     };
+    if shape.held {
+        query::run(&poison::park_held_query(&shape.conditions()), &args(advanced_to), Snapshot::Statement);
+    }
+    if rows.len() > 0 {
+        poison::count_in_batch_mutant(request, partition,
+            rows.get_named::<i64>(0, c"position").expect("position is not NULL"));
+    }
     write_checkpoint(request, partition, advanced_to);
     if rows.len() == 0 { Handed::Moved } else { Handed::Rows(rows) }
+}
+
+/// Whether the partition has an event for the request in (`after`, `upto`].
+fn has_events(request: &Request, layout: &partitions::Layout, partition: i32, after: i64, upto: i64) -> bool {
+    let shape = Shape { request, partitioned: layout.partitions > 1, partition_column: false, held: false };
+    query::run(&shape.batch_query(), &[
+        Arg::new(after),
+        Arg::new(upto),
+        Arg::new(1i32),
+        Arg::new(request.instance_id),
+        Arg::new(request.aggregate_types.clone()),
+        Arg::new(request.event_types.clone()),
+        Arg::new(layout.partitions),
+        Arg::new(partition),
+        Arg::new(request.projection),
+    ], Snapshot::Latest).len() > 0
 }
 
 /// The shape of a batch statement.
@@ -200,25 +257,19 @@ struct Shape<'a, 'r> {
     partitioned: bool,
     /// Each row starts with the partition number.
     partition_column: bool,
+    /// Events held behind a parked event of their aggregate are left out (they are parked).
+    held: bool,
 }
 
 impl Shape<'_, '_> {
     /// The statement for a request's shape. Built only from fixed fragments: no user string is
     /// ever part of SQL text. Parameters: $1 checkpoint, $2 upper bound, $3 batch size,
-    /// $4 instance, $5 aggregate types, $6 event types, $7 partition count, $8 partition.
+    /// $4 instance, $5 aggregate types, $6 event types, $7 partition count, $8 partition,
+    /// $9 projection.
     fn batch_query(&self) -> String {
+        let conditions = self.conditions();
+        let conditions = if self.held { format!("{conditions} AND NOT {}", poison::HELD) } else { conditions };
         let request = self.request;
-        let mut conditions = String::from("e.position > $1 AND e.position <= $2");
-        if request.instance_id.is_some() {
-            conditions.push_str(" AND e.instance_id = $4");
-        }
-        if request.event_types.is_some() {
-            conditions.push_str(" AND e.event_type = ANY ($6)");
-        }
-        if self.partitioned {
-            conditions.push_str(
-                " AND eventstore.partition_of(e.instance_id, e.aggregate_type, e.aggregate_id, $7) = $8");
-        }
         let partition = if self.partition_column { "$8 AS partition, " } else { "" };
         if request.aggregate_types.is_some() {
             // One index range per aggregate type, merged by position: served by the
@@ -235,6 +286,29 @@ impl Shape<'_, '_> {
                  ORDER BY e.position LIMIT $3"
             )
         }
+    }
+}
+
+impl Shape<'_, '_> {
+    /// The conditions on event `e` (without the aggregate type filter, which the batch statement
+    /// applies by index ranges).
+    fn conditions(&self) -> String {
+        let request = self.request;
+        let mut conditions = String::from("e.position > $1 AND e.position <= $2");
+        if request.instance_id.is_some() {
+            conditions.push_str(" AND e.instance_id = $4");
+        }
+        if request.event_types.is_some() {
+            conditions.push_str(" AND e.event_type = ANY ($6)");
+        }
+        if request.aggregate_types.is_some() && self.held {
+            conditions.push_str(" AND e.aggregate_type = ANY ($5)");
+        }
+        if self.partitioned {
+            conditions.push_str(
+                " AND eventstore.partition_of(e.instance_id, e.aggregate_type, e.aggregate_id, $7) = $8");
+        }
+        conditions
     }
 }
 

@@ -41,6 +41,10 @@ pub struct Definition {
     pub resize_from: Option<i32>,
     /// The position from which `partitions` applies.
     pub resize_position: i64,
+    /// Failures recorded for an event before it is parked (G13).
+    pub max_attempts: i32,
+    /// Whether a parked event's aggregate's later events are parked behind it.
+    pub hold_aggregate: bool,
 }
 
 /// Which events a partition hands out now.
@@ -51,24 +55,30 @@ pub struct Layout {
     pub until: Option<i64>,
 }
 
-const DEFINITION: &str = "SELECT partitions, resize_from, resize_position FROM eventstore.projections \
+const DEFINITION: &str = "SELECT partitions, resize_from, resize_position, max_attempts, hold_aggregate \
+     FROM eventstore.projections \
      WHERE projection = $1 AND {instance}";
 
 impl Definition {
     /// The projection's definition, read under a fresh snapshot (after any lock wait, trap 4).
     pub fn read(projection: &str, instance_id: Option<&str>) -> Definition {
+        let undefined = Definition {
+            partitions: 1, resize_from: None, resize_position: 0, max_attempts: 3, hold_aggregate: true,
+        };
         if !super::schema_has_partitions() {
-            return Definition { partitions: 1, resize_from: None, resize_position: 0 };
+            return undefined;
         }
         let rows = query::run(&for_instance(DEFINITION, instance_id),
             &[Arg::new(projection), Arg::new(instance_id)], Snapshot::Latest);
         if rows.len() == 0 {
-            return Definition { partitions: 1, resize_from: None, resize_position: 0 };
+            return undefined;
         }
         Definition {
             partitions: rows.get::<i32>(0, 1).expect("partitions is not NULL"),
             resize_from: rows.get::<i32>(0, 2),
             resize_position: rows.get::<i64>(0, 3).unwrap_or(0),
+            max_attempts: rows.get::<i32>(0, 4).unwrap_or(3),
+            hold_aggregate: rows.get::<bool>(0, 5).unwrap_or(true),
         }
     }
 
@@ -99,7 +109,7 @@ const OLD_PARTITIONS_PASSED: &str = "SELECT count(*)::integer FROM eventstore.pr
 
 /// Whether every partition of the old layout (0..old) has committed a checkpoint at or past the
 /// resize position.
-fn old_partitions_passed(projection: &str, instance_id: Option<&str>, old: i32, resize_position: i64) -> bool {
+pub fn old_partitions_passed(projection: &str, instance_id: Option<&str>, old: i32, resize_position: i64) -> bool {
     let rows = query::run(&for_instance(OLD_PARTITIONS_PASSED, instance_id),
         &[Arg::new(projection), Arg::new(instance_id), Arg::new(old), Arg::new(resize_position)],
         Snapshot::Latest);
@@ -248,7 +258,7 @@ fn set_partitions(projection: Option<&str>, instance_id: Option<&str>, partition
 
 /// Takes the lock of every partition that may hand out events (waiting, in key order) and
 /// returns the definition read after them; again when it grew meanwhile (a concurrent resize).
-fn lock_every_partition(projection: &str, instance_id: Option<&str>) -> Definition {
+pub fn lock_every_partition(projection: &str, instance_id: Option<&str>) -> Definition {
     let mut locked = 0;
     loop {
         let definition = Definition::read(projection, instance_id);
