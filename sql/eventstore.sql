@@ -223,17 +223,20 @@ COMMENT ON FUNCTION eventstore.horizon_mode() IS
     'eventstore.horizon = barrier: catch-up waits for writers in flight) or registry (eventstore '
     'preloaded: catch-up never waits for writers).';
 
--- Checkpoints: one row per projection and instance (instance_id NULL: a global projection).
+-- Checkpoints: one row per projection, instance (instance_id NULL: a global projection) and
+-- partition (0 for a projection that is not partitioned).
 CREATE TABLE eventstore.projection_states (
     projection  text        NOT NULL,
     instance_id text,
     checkpoint  bigint      NOT NULL DEFAULT 0,
     updated_at  timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT projection_states_key UNIQUE NULLS NOT DISTINCT (projection, instance_id)
+    partition   integer     NOT NULL DEFAULT 0,
+    CONSTRAINT projection_states_key UNIQUE NULLS NOT DISTINCT (projection, instance_id, partition)
 );
 COMMENT ON TABLE eventstore.projection_states IS
-    'Projection checkpoints: every event at or below checkpoint has been handed out and '
-    'committed. Written only by projection_catchup, in the caller''s transaction.';
+    'Projection checkpoints, one per partition: every event of the partition at or below '
+    'checkpoint has been handed out and committed. Written by projection_catchup and '
+    'partition_catchup in the caller''s transaction, and by set_partitions and reset_projection.';
 
 CREATE FUNCTION eventstore.projection_catchup(
     projection      text,
@@ -251,14 +254,234 @@ COMMENT ON FUNCTION eventstore.projection_catchup(text, text, integer, text[], t
     'in the caller''s transaction: never skipped (G4), never duplicated (G5), never run twice '
     'at once (G6), in order (G7). Busy and wait = false: zero rows at once.';
 
+
+
+
+-- Partitioned projections (src/catchup/partitions.rs). A projection may be split into N
+-- partitions, each with its own checkpoint row and its own lock, so that N workers run it side
+-- by side (G12). An event's partition is chosen from its aggregate, so an aggregate's events
+-- stay in one partition, in sequence order. A projection without a row here has 1 partition.
+CREATE TABLE eventstore.projections (
+    projection      text        NOT NULL,
+    instance_id     text,
+    partitions      integer     NOT NULL DEFAULT 1,
+    resize_from     integer,
+    resize_position bigint      NOT NULL DEFAULT 0,
+    max_attempts    integer     NOT NULL DEFAULT 3,
+    hold_aggregate  boolean     NOT NULL DEFAULT true,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT projections_key UNIQUE NULLS NOT DISTINCT (projection, instance_id),
+    CONSTRAINT projections_partitions_check CHECK (partitions BETWEEN 1 AND 256),
+    CONSTRAINT projections_resize_from_check CHECK (resize_from BETWEEN 1 AND 256),
+    CONSTRAINT projections_max_attempts_check CHECK (max_attempts BETWEEN 1 AND 100)
+);
+COMMENT ON TABLE eventstore.projections IS
+    'How a projection is run: its partition count and, while a resize drains, the count before '
+    '(resize_from) and the position from which the new count applies (resize_position: events '
+    'at or below it belong to the old partitions); its poison policy (max_attempts, '
+    'hold_aggregate). Written by set_partitions and set_poison_policy.';
+
+-- The partition of an aggregate among `partitions`: hashtextextended (seed 0) over an
+-- unambiguous encoding of the aggregate (each name as its length in characters, a colon and the
+-- name), taken modulo the count. Stable across servers and releases: changing it would move
+-- aggregates between partitions.
+CREATE FUNCTION eventstore.partition_of(
+    instance_id    text,
+    aggregate_type text,
+    aggregate_id   text,
+    partitions     integer
+) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN ((pg_catalog.hashtextextended(
+            pg_catalog.length(instance_id)::text || ':' || instance_id ||
+            pg_catalog.length(aggregate_type)::text || ':' || aggregate_type ||
+            pg_catalog.length(aggregate_id)::text || ':' || aggregate_id, 0)
+         % partitions + partitions) % partitions)::integer;
+COMMENT ON FUNCTION eventstore.partition_of(text, text, text, integer) IS
+    'The partition (0..partitions-1) an aggregate''s events belong to in a projection of '
+    'that many partitions.';
+
+-- The digest of a partition's lock key, as src/locks.rs computes it (README "Lock keys"):
+-- pg_locks shows it in classid (high 32 bits) and objid (low 32 bits), objsubid 17667.
+-- Partition 0's key is the projection's key, so an unpartitioned projection keeps its lock.
+CREATE FUNCTION eventstore.projection_lock_key(projection text, instance_id text, partition integer)
+RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN ('x' || pg_catalog.encode(pg_catalog.substr(pg_catalog.sha256(
+            CASE WHEN instance_id IS NULL THEN '\x01'::bytea
+                 ELSE '\x00'::bytea || pg_catalog.int4send(pg_catalog.octet_length(instance_id))
+                      || pg_catalog.convert_to(instance_id, 'UTF8') END
+            || '\x00'::bytea || pg_catalog.int4send(pg_catalog.octet_length(projection))
+            || pg_catalog.convert_to(projection, 'UTF8')
+            || CASE WHEN partition = 0 THEN ''::bytea
+                    ELSE '\x00'::bytea || pg_catalog.int4send(pg_catalog.octet_length(partition::text))
+                         || pg_catalog.convert_to(partition::text, 'UTF8') END),
+        1, 8), 'hex'))::bit(64)::bigint;
+COMMENT ON FUNCTION eventstore.projection_lock_key(text, text, integer) IS
+    'The 64-bit digest of a projection partition''s lock key (pg_locks: classid, objid; '
+    'objsubid 17667).';
+
+CREATE FUNCTION eventstore.set_partitions(projection text, instance_id text, partitions integer)
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'set_partitions_wrapper';
+COMMENT ON FUNCTION eventstore.set_partitions(text, text, integer) IS
+    'Sets a projection''s partition count (1..256), waiting for its running batches. Returns '
+    'the resize position: events above it go to the new partitions, which start once every '
+    'old partition has passed it (G12). Refused (55000) while an earlier resize still drains.';
+
+CREATE FUNCTION eventstore.partition_catchup(
+    projection      text,
+    instance_id     text    DEFAULT NULL,
+    batch_size      integer DEFAULT 1000,
+    aggregate_types text[]  DEFAULT NULL,
+    event_types     text[]  DEFAULT NULL,
+    wait            boolean DEFAULT false
+) RETURNS TABLE (
+    partition      integer,
+    instance_id    text,
+    aggregate_type text,
+    aggregate_id   text,
+    sequence       bigint,
+    event_type     text,
+    revision       smallint,
+    payload        jsonb,
+    creator        text,
+    owner          text,
+    created_at     timestamptz,
+    "position"     bigint,
+    in_tx_order    integer,
+    id             uuid,
+    metadata       jsonb
+)
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'partition_catchup_batch';
+COMMENT ON FUNCTION eventstore.partition_catchup(text, text, integer, text[], text[], boolean) IS
+    'The next batch of the first free partition of a projection that has one (G4-G7 per '
+    'partition, G12), its checkpoint advanced in the caller''s transaction. Busy partitions are '
+    'passed over; zero rows: nothing for this worker now.';
+
+-- Poison events (src/catchup/poison.rs, G13). A worker whose handler failed rolls back and, in a
+-- transaction of its own, calls projection_failed: the failure is recorded here, outside the
+-- failing transaction (trap 16). The partition's next batch then stops before the failing event
+-- and hands it out alone; after max_attempts (set_poison_policy) the catch-up parks it instead
+-- and goes on.
+CREATE TABLE eventstore.projection_failures (
+    projection      text        NOT NULL,
+    instance_id     text,
+    partition       integer     NOT NULL,
+    "position"      bigint      NOT NULL,
+    attempts        integer     NOT NULL,
+    error           text        NOT NULL,
+    first_failed_at timestamptz NOT NULL,
+    last_failed_at  timestamptz NOT NULL,
+    CONSTRAINT projection_failures_key UNIQUE NULLS NOT DISTINCT (projection, instance_id, partition)
+);
+COMMENT ON TABLE eventstore.projection_failures IS
+    'The event a partition failed on, and how often: written by projection_failed in a '
+    'transaction of its own, so the count survives the failing batch''s rollback.';
+
+-- Parked events: handed out no more until retried (retry_parked) or discarded (discard_parked).
+-- held_behind: the position of the parked event of the same aggregate this one waits behind
+-- (hold_aggregate); NULL for an event parked for its own failures.
+CREATE TABLE eventstore.parked_events (
+    projection        text        NOT NULL,
+    instance_id       text,
+    partition         integer     NOT NULL,
+    "position"        bigint      NOT NULL,
+    event_instance_id text        NOT NULL,
+    aggregate_type    text        NOT NULL,
+    aggregate_id      text        NOT NULL,
+    sequence          bigint      NOT NULL,
+    error             text,
+    attempts          integer     NOT NULL,
+    first_failed_at   timestamptz,
+    last_failed_at    timestamptz,
+    parked_at         timestamptz NOT NULL,
+    held_behind       bigint,
+    retry             boolean     NOT NULL DEFAULT false,
+    CONSTRAINT parked_events_key UNIQUE NULLS NOT DISTINCT (projection, instance_id, "position")
+);
+CREATE INDEX parked_events_aggregate
+    ON eventstore.parked_events (projection, event_instance_id, aggregate_type, aggregate_id);
+COMMENT ON TABLE eventstore.parked_events IS
+    'Events a projection parked: failed max_attempts times (error, attempts, first and last '
+    'failure), or held behind such an event of the same aggregate (held_behind). retry: handed '
+    'out again by the partition''s next catch-up.';
+
+CREATE FUNCTION eventstore.set_poison_policy(
+    projection     text,
+    instance_id    text,
+    max_attempts   integer DEFAULT 3,
+    hold_aggregate boolean DEFAULT true
+) RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'set_poison_policy_wrapper';
+COMMENT ON FUNCTION eventstore.set_poison_policy(text, text, integer, boolean) IS
+    'After max_attempts (1..100) recorded failures an event is parked; hold_aggregate: the same '
+    'aggregate''s later events are parked behind it (true) or go on (false).';
+
+CREATE FUNCTION eventstore.projection_failed(
+    projection  text,
+    instance_id text,
+    partition   integer,
+    error       text,
+    "position"  bigint DEFAULT NULL
+) RETURNS integer
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'projection_failed_wrapper';
+COMMENT ON FUNCTION eventstore.projection_failed(text, text, integer, text, bigint) IS
+    'Records a handler failure for the partition''s next event (or the event at position), in '
+    'the caller''s transaction: call it after rolling the failing batch back (G13). Returns the '
+    'attempts counted so far.';
+
+CREATE FUNCTION eventstore.retry_parked(projection text, instance_id text, positions bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'retry_parked_wrapper';
+COMMENT ON FUNCTION eventstore.retry_parked(text, text, bigint[]) IS
+    'Marks parked events (all when positions is NULL) to be handed out again, in position order, '
+    'by their partition''s next catch-up, before its new events. Returns how many.';
+
+CREATE FUNCTION eventstore.discard_parked(projection text, instance_id text, positions bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'discard_parked_wrapper';
+COMMENT ON FUNCTION eventstore.discard_parked(text, text, bigint[]) IS
+    'Deletes parked events (all when positions is NULL): they are never handed out again. '
+    'Returns how many.';
+
+-- Rebuilds (src/catchup/rebuild.rs).
+CREATE FUNCTION eventstore.reset_projection(
+    projection  text,
+    instance_id text    DEFAULT NULL,
+    partition   integer DEFAULT NULL,
+    to_position bigint  DEFAULT 0
+) RETURNS integer
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'reset_projection_wrapper';
+COMMENT ON FUNCTION eventstore.reset_projection(text, text, integer, bigint) IS
+    'Moves the checkpoint of one partition (or of all, when partition is NULL) to to_position, '
+    'waiting for running batches, in the caller''s transaction: the events after it are handed '
+    'out again to rebuild the read model. Returns how many partitions were reset.';
+
 -- security_invoker: a reader bound to a tenant sees its own tenant's lag only (the tables'
 -- row-level security applies to the caller, not to the view's owner).
 --
--- head is where the projection stands once caught up: the highest committed position in its
--- scope (its instance, or every instance), or its checkpoint when that is higher. A catch-up
--- moves the checkpoint up to its horizon, past other instances' events, so an instance's
--- checkpoint can be above the instance's own last event; caught up then reads checkpoint =
--- head and 0 behind. position_behind > 0 exactly when events_behind > 0.
+-- One row per partition's checkpoint. head is where the projection stands once caught up: the
+-- highest committed position in its scope (its instance, or every instance), or its checkpoint
+-- when that is higher. A catch-up moves the checkpoint up to its horizon, past other instances'
+-- (and partitions') events, so a checkpoint can be above the scope's own last event; caught up
+-- then reads checkpoint = head and 0 behind. events_behind counts the partition's own events
+-- (by the current partition count). held_by is the pid of the backend holding the partition's
+-- lock, NULL when none does.
 CREATE VIEW eventstore.projection_status WITH (security_invoker = true) AS
 SELECT s.projection,
        s.instance_id,
@@ -268,20 +491,36 @@ SELECT s.projection,
        (SELECT count(*)
           FROM eventstore.events e
          WHERE e.position > s.checkpoint
-           AND (s.instance_id IS NULL OR e.instance_id = s.instance_id)) AS events_behind,
-       s.updated_at                                  AS last_run
+           AND (s.instance_id IS NULL OR e.instance_id = s.instance_id)
+           AND (coalesce(d.partitions, 1) = 1
+                OR eventstore.partition_of(e.instance_id, e.aggregate_type, e.aggregate_id,
+                                           d.partitions) = s.partition)) AS events_behind,
+       s.updated_at                                  AS last_run,
+       s.partition,
+       coalesce(d.partitions, 1)                     AS partitions,
+       (SELECT l.pid
+          FROM pg_catalog.pg_locks l
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 17667
+           AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                              WHERE datname = pg_catalog.current_database())
+           AND l.classid::bigint = (k.digest >> 32) & 4294967295
+           AND l.objid::bigint = k.digest & 4294967295
+         LIMIT 1)                                    AS held_by
   FROM eventstore.projection_states s
+  LEFT JOIN eventstore.projections d
+    ON d.projection = s.projection AND d.instance_id IS NOT DISTINCT FROM s.instance_id
  CROSS JOIN LATERAL (
         SELECT coalesce(max(e.position), 0) AS position
           FROM eventstore.events e
-         WHERE s.instance_id IS NULL OR e.instance_id = s.instance_id) head;
+         WHERE s.instance_id IS NULL OR e.instance_id = s.instance_id) head
+ CROSS JOIN LATERAL (
+        SELECT eventstore.projection_lock_key(s.projection, s.instance_id, s.partition) AS digest) k;
 COMMENT ON VIEW eventstore.projection_status IS
-    'Lag per projection and instance: checkpoint; head, the highest committed position in scope '
-    'or the checkpoint when that is higher (a catch-up moves the checkpoint past other '
-    'instances'' events); position_behind = head - checkpoint; events_behind, the events in '
-    'scope past the checkpoint; last_run, when a catch-up last moved the checkpoint. Caught up: '
-    'checkpoint = head, 0 behind.';
-
+    'Lag per projection, instance and partition: checkpoint; head, the highest committed '
+    'position in scope or the checkpoint when that is higher; position_behind = head - '
+    'checkpoint; events_behind, the partition''s events in scope past the checkpoint; last_run, '
+    'when a catch-up last moved the checkpoint; partition and partitions; held_by, the pid '
+    'holding the partition''s lock (NULL: free). Caught up: checkpoint = head, 0 behind.';
 
 -- Waking a worker without polling (src/wakeup.rs). With eventstore.notify = on (off by
 -- default), a transaction that pushed also sends one NOTIFY on channel eventstore_events when it
@@ -322,6 +561,7 @@ SELECT pg_catalog.pg_extension_config_dump('eventstore.events', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstore.projection_states', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstore.position_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstore.counters', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.projections', '');
 
 -- Tenancy (src/tenancy.rs). A role subject to row-level security is bound to the tenant named
 -- by the setting eventstore.tenant: its direct reads are filtered by the policies below, and
@@ -331,12 +571,15 @@ SELECT pg_catalog.pg_extension_config_dump('eventstore.counters', '');
 ALTER TABLE eventstore.events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE eventstore.projection_states ENABLE ROW LEVEL SECURITY;
 ALTER TABLE eventstore.counters ENABLE ROW LEVEL SECURITY;
+ALTER TABLE eventstore.projections ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON eventstore.events
     USING (instance_id = pg_catalog.current_setting('eventstore.tenant', true));
 CREATE POLICY tenant_isolation ON eventstore.projection_states
     USING (instance_id = pg_catalog.current_setting('eventstore.tenant', true));
 CREATE POLICY tenant_isolation ON eventstore.counters
     USING (tenant = pg_catalog.current_setting('eventstore.tenant', true));
+CREATE POLICY tenant_isolation ON eventstore.projections
+    USING (instance_id = pg_catalog.current_setting('eventstore.tenant', true));
 
 -- The three roles, NOLOGIN: grant them to the application's login roles. Roles belong to the
 -- cluster: made by the first CREATE EXTENSION, reused by the next (any database), kept by
@@ -389,3 +632,35 @@ GRANT EXECUTE ON FUNCTION
     eventstore.wait_for_events(text, text, integer)
     TO eventstore_projector;
 GRANT SELECT, DELETE ON eventstore.projection_states TO eventstore_projector;
+
+-- Partitioned projections: their definitions and progress are readable like the checkpoints;
+-- the functions projection_status calls are granted to whoever may read it.
+GRANT SELECT ON eventstore.projections TO eventstore_reader, eventstore_projector;
+GRANT EXECUTE ON FUNCTION
+    eventstore.partition_of(text, text, text, integer),
+    eventstore.projection_lock_key(text, text, integer)
+    TO eventstore_reader, eventstore_projector;
+GRANT EXECUTE ON FUNCTION
+    eventstore.set_partitions(text, text, integer),
+    eventstore.partition_catchup(text, text, integer, text[], text[], boolean)
+    TO eventstore_projector;
+
+SELECT pg_catalog.pg_extension_config_dump('eventstore.projection_failures', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.parked_events', '');
+ALTER TABLE eventstore.projection_failures ENABLE ROW LEVEL SECURITY;
+ALTER TABLE eventstore.parked_events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON eventstore.projection_failures
+    USING (instance_id = pg_catalog.current_setting('eventstore.tenant', true));
+CREATE POLICY tenant_isolation ON eventstore.parked_events
+    USING (instance_id = pg_catalog.current_setting('eventstore.tenant', true));
+-- Poison events: the failures and parked events are readable by readers and projectors; the
+-- functions that record, retry and discard belong to the projector.
+GRANT SELECT ON eventstore.projection_failures, eventstore.parked_events
+    TO eventstore_reader, eventstore_projector;
+GRANT EXECUTE ON FUNCTION
+    eventstore.set_poison_policy(text, text, integer, boolean),
+    eventstore.projection_failed(text, text, integer, text, bigint),
+    eventstore.retry_parked(text, text, bigint[]),
+    eventstore.discard_parked(text, text, bigint[])
+    TO eventstore_projector;
+GRANT EXECUTE ON FUNCTION eventstore.reset_projection(text, text, integer, bigint) TO eventstore_projector;

@@ -20,7 +20,7 @@
 //! |-------------|-------------------|-----------------------------------|-------------------------------|
 //! | all writers | 17665             | none (key 0)                      | shared; exclusive for a bulk push to more than 64 instances |
 //! | writer      | 17666             | instance                          | shared; exclusive for a bulk push |
-//! | projection  | 17667             | instance or none, projection      | exclusive                     |
+//! | projection  | 17667             | instance or none, projection[, partition] | exclusive             |
 //! | aggregate   | 17668             | instance, aggregate type, id      | exclusive                     |
 //! | counter     | 17669             | tenant, scope                     | exclusive                     |
 //! | waiter      | 17670             | instance or none                  | shared                        |
@@ -128,6 +128,15 @@ pub fn writer_key(instance_id: &str) -> LockKey {
 
 pub fn projection_key(projection: &str, instance_id: Option<&str>) -> LockKey {
     LockKey::of(Family::Projection, &[instance_id, Some(projection)])
+}
+
+/// Partition `partition` of a projection: partition 0's key is the projection's key (an
+/// unpartitioned projection keeps its lock); partition p > 0 adds p, in decimal, as a third name.
+pub fn partition_key(projection: &str, instance_id: Option<&str>, partition: i32) -> LockKey {
+    if partition == 0 {
+        return projection_key(projection, instance_id);
+    }
+    LockKey::of(Family::Projection, &[instance_id, Some(projection), Some(&partition.to_string())])
 }
 
 pub fn aggregate_key(instance_id: &str, aggregate_type: &str, aggregate_id: &str) -> LockKey {
@@ -403,6 +412,43 @@ pub fn lock_projection_key(projection: &str, instance_id: Option<&str>, wait: bo
     }
 }
 
+/// A partition's lock (G6 per partition, G12), until the transaction ends; re-entrant like the
+/// projection lock.
+pub fn lock_partition(projection: &str, instance_id: Option<&str>, partition: i32, wait: bool) -> bool {
+    if mutants::NO_PARTITION_LOCK {
+        return true;
+    }
+    let key = partition_key(projection, instance_id, partition);
+    if wait {
+        acquire(key, EXCLUSIVE);
+        true
+    } else {
+        try_acquire(key, EXCLUSIVE)
+    }
+}
+
+/// Gives back one hold of a partition's lock taken by [`lock_partition`] in this transaction,
+/// before anything was written under it.
+pub fn unlock_partition(projection: &str, instance_id: Option<&str>, partition: i32) {
+    if mutants::NO_PARTITION_LOCK {
+        return;
+    }
+    release(partition_key(projection, instance_id, partition), EXCLUSIVE);
+}
+
+/// The locks of partitions `partitions`, waiting for each, in key order (trap 11): what a
+/// resize or a reset takes so that no batch runs beside it.
+pub fn lock_partitions_waiting(projection: &str, instance_id: Option<&str>, partitions: std::ops::Range<i32>) {
+    if mutants::NO_PARTITION_LOCK {
+        return;
+    }
+    let mut keys: Vec<LockKey> = partitions.map(|p| partition_key(projection, instance_id, p)).collect();
+    keys.sort();
+    for key in keys {
+        acquire(key, EXCLUSIVE);
+    }
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
@@ -433,6 +479,21 @@ mod tests {
         assert_eq!(counter_key("acme", "invoice").digest,
             sql_digest(&format!("{} || {}", name("acme"), name("invoice"))));
         assert_eq!(waiter_key(None).digest, sql_digest(NONE));
+        assert_eq!(partition_key("totals", Some("acme"), 0), projection_key("totals", Some("acme")));
+        assert_eq!(partition_key("totals", Some("acme"), 12).digest,
+            sql_digest(&format!("{} || {} || {}", name("acme"), name("totals"), name("12"))));
+        assert_eq!(partition_key("totals", None, 3).digest,
+            sql_digest(&format!("{NONE} || {} || {}", name("totals"), name("3"))));
+    }
+
+    #[pg_test]
+    fn projection_lock_key_in_sql_is_the_partition_key() {
+        for (instance, partition) in [(Some("acme"), 0), (Some("acme"), 7), (None, 0), (None, 255)] {
+            let sql = Spi::get_one_with_args::<i64>(
+                "SELECT eventstore.projection_lock_key('totals', $1, $2)",
+                &[instance.into(), partition.into()]).unwrap().unwrap();
+            assert_eq!(sql as u64, partition_key("totals", instance, partition).digest);
+        }
     }
 
     #[pg_test]

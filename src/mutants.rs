@@ -30,6 +30,13 @@ pub const FLOOR_AFTER_FIRST_DRAW: bool = cfg!(feature = "mutant_floor_after_firs
 pub const FLOORS_IGNORED: bool = cfg!(feature = "mutant_floors_ignored");
 /// A transaction's floor is released with its other locks, after the waiters were woken (G15).
 pub const FLOOR_RELEASED_LATE: bool = cfg!(feature = "mutant_floor_released_late");
+/// partition_catchup, set_partitions and reset_projection take no partition lock (G12).
+pub const NO_PARTITION_LOCK: bool = cfg!(feature = "mutant_no_partition_lock");
+/// A resize takes effect at once: the new partitions ignore the resize position (G12).
+pub const RESIZE_IGNORED: bool = cfg!(feature = "mutant_resize_ignored");
+/// Handler failures are counted when catch-up hands an event out, in the failing batch's own
+/// transaction, so they roll back with it (trap 16, G13); projection_failed records nothing.
+pub const FAILURE_IN_BATCH: bool = cfg!(feature = "mutant_failure_in_batch");
 
 #[cfg(all(
     not(debug_assertions),
@@ -47,6 +54,9 @@ pub const FLOOR_RELEASED_LATE: bool = cfg!(feature = "mutant_floor_released_late
         feature = "mutant_floor_after_first_draw",
         feature = "mutant_floors_ignored",
         feature = "mutant_floor_released_late",
+        feature = "mutant_no_partition_lock",
+        feature = "mutant_resize_ignored",
+        feature = "mutant_failure_in_batch",
     )
 ))]
 compile_error!("a mutant_* feature removes a safety mechanism: it builds only in debug, for scripts/mutants");

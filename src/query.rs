@@ -144,6 +144,15 @@ pub fn relation(name: &std::ffi::CStr) -> pg_sys::Oid {
     }
 }
 
+/// Whether relation `name` exists in schema eventstore (a syscache lookup, no SQL).
+pub fn relation_exists(name: &std::ffi::CStr) -> bool {
+    // SAFETY: syscache lookups by name; a missing schema raises an ERROR (missing_ok = false).
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"eventstore".as_ptr(), false);
+        pg_sys::get_relname_relid(name.as_ptr(), namespace) != pg_sys::InvalidOid
+    }
+}
+
 /// Runs `f` inside an SPI connection; values read with [`Rows::get`] must be copied out
 /// before it returns.
 pub fn with_spi<R>(f: impl FnOnce() -> R) -> R {

@@ -359,7 +359,7 @@ fn shipped_sql_and_rust_open_no_subtransaction_and_catch_no_error() {
     let rust = files(&root.join("src"), "rs", true);
     let name = |p: &Path| p.strip_prefix(root).unwrap().display().to_string();
     assert!(sql.iter().any(|p| p.ends_with("sql/eventstore.sql")), "the schema is scanned: {sql:?}");
-    assert!(rust.iter().any(|p| p.ends_with("src/push/mod.rs")) && rust.iter().any(|p| p.ends_with("src/catchup.rs")),
+    assert!(rust.iter().any(|p| p.ends_with("src/push/mod.rs")) && rust.iter().any(|p| p.ends_with("src/catchup/mod.rs")),
         "the native code is scanned: {rust:?}");
     let mut findings = Vec::new();
     for path in &sql {
