@@ -74,7 +74,7 @@ pub fn lock_holder(entry: &pg_sys::LockInstanceData) -> LockHolder {
 /// As above, from 17 on (where the holder is the entry's virtual transaction id).
 #[cfg(any(feature = "pg17", feature = "pg18"))]
 pub fn lock_holder(entry: &pg_sys::LockInstanceData) -> LockHolder {
-    (entry.vxid.procNumber, entry.vxid.lxid)
+    (entry.vxid.procNumber, entry.vxid.localTransactionId)
 }
 
 /// Whether a lock holder is a prepared transaction (its dummy process has no backend).
