@@ -6,8 +6,9 @@
 //! |-----------------|--------------------------------------------------------------------|-----------|
 //! | skipped         | a committed event in a projection's scope that it never applied    | G4        |
 //! | dup             | an event applied (and committed) twice by one projection           | G5        |
-//! | order           | a committed batch not above every earlier one in commit order, or  | G7        |
-//! |                 | not in position order itself                                       |           |
+//! | order           | a committed batch not above every earlier one of its partition in  | G7, G12   |
+//! |                 | commit order, not in position order itself, or an aggregate's      |           |
+//! |                 | events applied out of sequence order                               |           |
 //! | overlap         | two workers inside one projection at once (trace.rs)               | G6        |
 //! | lost            | a push or a batch whose COMMIT succeeded, missing from the tables  | G1        |
 //! | gaps            | an aggregate whose sequences are not exactly 1..n                  | G2        |
@@ -25,7 +26,7 @@ use postgres::Client;
 
 use crate::load::{Outcome, Push};
 use crate::trace::{overlaps, Interval};
-use crate::workers::{in_scope, TARGETS};
+use crate::workers::{in_scope, Target, TARGETS};
 
 /// Examples printed per kind of violation.
 const EXAMPLES: usize = 5;
@@ -59,6 +60,8 @@ pub struct Observed<'a> {
     pub pushes: &'a [Push],
     pub committed_batches: &'a [i64],
     pub intervals: &'a [Interval],
+    /// The targets the run used.
+    pub targets: &'a [Target],
 }
 
 pub fn detect(client: &mut Client, observed: &Observed) -> Result<Findings, postgres::Error> {
@@ -67,14 +70,15 @@ pub fn detect(client: &mut Client, observed: &Observed) -> Result<Findings, post
         events: client.query_one("SELECT count(*) FROM eventstore.events", &[])?.get(0),
         ..Findings::default()
     };
-    for target in &TARGETS {
+    for target in observed.targets {
         let scope = target.scope_params();
         findings.skipped += count(client, &format!("skipped in {}", target.name()), SKIPPED, &scope)?;
         findings.stray += count(client, &format!("stray in {}", target.name()), STRAY, &scope)?;
     }
     findings.dup = count(client, "applied twice", DUPLICATES, &[])?;
     findings.order = count(client, "batch not above the earlier ones", BATCHES_OUT_OF_ORDER, &[])?
-        + count(client, "batch not in position order", EVENTS_OUT_OF_ORDER, &[])?;
+        + count(client, "batch not in position order", EVENTS_OUT_OF_ORDER, &[])?
+        + count(client, "aggregate applied out of sequence order", AGGREGATE_APPLIED_OUT_OF_ORDER, &[])?;
     findings.gaps = count(client, "aggregate sequence not 1..n", SEQUENCE_GAPS, &[])?;
     findings.aggregate_order = count(client, "aggregate sequence against position", AGGREGATE_ORDER, &[])?;
     findings.overlap = overlap(observed.intervals);
@@ -124,10 +128,21 @@ const BATCHES_OUT_OF_ORDER: &str = "\
 SELECT count(*),
        (array_agg(projection || '@' || instance_key || ' batch ' || batch || ' [' || low || ', ' || high
                   || '] committed after one reaching ' || earlier_high))[1:5]
-  FROM (SELECT *, max(high) OVER (PARTITION BY projection, instance_key ORDER BY commit_order
+  FROM (SELECT *, max(high) OVER (PARTITION BY projection, instance_key, partition ORDER BY commit_order
                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_high
           FROM stress_batches) b
  WHERE low <= earlier_high";
+
+/// Per projection, each aggregate's events applied in sequence order, in commit order (G7; for
+/// a partitioned projection across partitions and resizes, G12).
+const AGGREGATE_APPLIED_OUT_OF_ORDER: &str = "\
+SELECT count(*), (array_agg(projection || '@' || instance_key || ' ' || aggregate || '#' || sequence
+                            || ' applied after #' || previous))[1:5]
+  FROM (SELECT a.projection, a.instance_key, a.aggregate, a.sequence,
+               lag(a.sequence) OVER (PARTITION BY a.projection, a.instance_key, a.aggregate
+                                     ORDER BY b.commit_order, a.ord) AS previous
+          FROM stress_applied a JOIN stress_batches b USING (batch)) s
+ WHERE sequence <= previous";
 
 const EVENTS_OUT_OF_ORDER: &str = "\
 SELECT count(*), (array_agg('batch ' || batch || ' position ' || position))[1:5]

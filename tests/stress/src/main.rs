@@ -6,6 +6,10 @@
 //! the time is up the load stops, every projection is drained to the head, and the detector
 //! (detector.rs) holds the result against eventstore.events.
 //!
+//! --partitions adds two partitioned projections, run with partition_catchup, whose partition
+//! counts a resizer changes while the load runs: the detector then checks them per partition
+//! (one transaction at a time, batches in order) and per aggregate across every resize.
+//!
 //! --unsafe replaces projection_catchup with a naive catch-up of the harness's own (no lock, no
 //! barrier): the detector must then report violations, which proves that it bites.
 //!
@@ -31,7 +35,7 @@ use load::{Outcome, Push};
 use trace::{Clock, FaultLog};
 use workers::WorkerReport;
 
-const USAGE: &str = "usage: eventstore-stress [--seconds N] [--unsafe] [--restarts] [--port P] \
+const USAGE: &str = "usage: eventstore-stress [--seconds N] [--unsafe] [--restarts] [--partitions] [--port P] \
 [--data-dir DIR] [--pg-bin DIR] [--writers N] [--workers N] [--seed N]";
 
 pub struct Options {
@@ -40,6 +44,8 @@ pub struct Options {
     pub unsafe_mode: bool,
     /// Crash (immediate shutdown) and restart the cluster during the load.
     pub restarts: bool,
+    /// Add partitioned projections, resized while the load runs.
+    pub partitions: bool,
     pub port: u16,
     /// The cluster's data directory, for pg_ctl.
     pub data_dir: PathBuf,
@@ -55,6 +61,7 @@ impl Options {
             seconds: 20,
             unsafe_mode: false,
             restarts: false,
+            partitions: false,
             port: std::env::var("EVENTSTORE_STRESS_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5483),
             data_dir: PathBuf::from("/var/tmp/eventstore/stress"),
             pg_bin: PathBuf::from("/usr/lib/postgresql/15/bin"),
@@ -70,6 +77,7 @@ impl Options {
                 "--seconds" => options.seconds = number(value()?)?,
                 "--unsafe" => options.unsafe_mode = true,
                 "--restarts" => options.restarts = true,
+                "--partitions" => options.partitions = true,
                 "--port" => options.port = number(value()?)? as u16,
                 "--data-dir" => options.data_dir = PathBuf::from(value()?),
                 "--pg-bin" => options.pg_bin = PathBuf::from(value()?),
@@ -123,17 +131,21 @@ struct Loaded {
     tally: Tally,
     kills: u64,
     restarts: u64,
+    resizes: workers::Resizes,
 }
 
 /// Load, drain, detect; returns the number of violations.
 fn stress(run: &Run) -> Result<u64, String> {
     let o = &run.options;
-    println!("stress: seed={} mode={} seconds={} writers={} workers={} restarts={} port={}",
+    println!("stress: seed={} mode={} seconds={} writers={} workers={} restarts={} partitions={} port={}",
         o.seed, if o.unsafe_mode { "unsafe" } else { "safe" }, o.seconds, o.writers, o.workers,
-        o.restarts, o.port);
+        o.restarts, o.partitions, o.port);
     let started = Instant::now();
     let mut setup = db::connect(o.port, "stress-setup", 0)?;
     workers::create_tables(&mut setup.client).map_err(|e| format!("creating the tables: {e}"))?;
+    if o.partitions {
+        workers::define_partitions(&mut setup.client).map_err(|e| format!("defining the partitions: {e}"))?;
+    }
     drop(setup);
 
     let mut loaded = load(run)?;
@@ -148,6 +160,7 @@ fn stress(run: &Run) -> Result<u64, String> {
         pushes: &loaded.pushes,
         committed_batches: &loaded.workers.committed,
         intervals: &loaded.workers.intervals,
+        targets: workers::targets(run),
     };
     let mut findings = detector::detect(&mut session.client, &observed).map_err(|e| format!("detector: {e}"))?;
     findings.dropped = loaded.tally.dropped;
@@ -171,6 +184,7 @@ fn load(run: &Run) -> Result<Loaded, String> {
             .map(|id| scope.spawn(move || workers::worker(run, id))).collect();
         let killer = scope.spawn(|| faults::killer(run));
         let restarter = run.options.restarts.then(|| scope.spawn(|| faults::restarter(run)));
+        let resizer = run.options.partitions.then(|| scope.spawn(|| workers::resizer(run)));
         std::thread::sleep(Duration::from_secs(run.options.seconds));
         run.stop.store(true, Ordering::SeqCst);
 
@@ -188,6 +202,10 @@ fn load(run: &Run) -> Result<Loaded, String> {
         loaded.tally.add(killer_tally);
         if let Some(restarter) = restarter {
             loaded.restarts = joined(restarter)?;
+        }
+        if let Some(resizer) = resizer {
+            loaded.resizes = joined(resizer)?;
+            loaded.tally.add(std::mem::take(&mut loaded.resizes.tally));
         }
         Ok(loaded)
     })
@@ -222,6 +240,10 @@ fn print_load(loaded: &Loaded) {
         pushes(Outcome::Committed), pushes(Outcome::NeverCommitted), pushes(Outcome::Unknown),
         quantile(0.5), quantile(0.99), quantile(1.0),
         loaded.workers.committed.len(), loaded.workers.rolled_back, loaded.tally.faults, loaded.tally.retries);
+    if loaded.resizes.done + loaded.resizes.refused > 0 {
+        println!("stress: partition resizes done={} refused_while_draining={}",
+            loaded.resizes.done, loaded.resizes.refused);
+    }
 }
 
 fn print_findings(run: &Run, loaded: &Loaded, f: &Findings, took: Duration) {

@@ -26,10 +26,12 @@ impl Clock {
     }
 }
 
-/// A worker held `target` (an index into workers::TARGETS) from `open` to `close`.
+/// A worker held partition `partition` of `target` (an index into workers::TARGETS; partition
+/// 0 for a projection not partitioned) from `open` to `close`.
 #[derive(Clone, Copy, Debug)]
 pub struct Interval {
     pub target: usize,
+    pub partition: i32,
     pub worker: usize,
     pub open: u64,
     pub close: u64,
@@ -69,15 +71,15 @@ impl FaultLog {
     }
 }
 
-/// Pairs (earlier, later) of intervals of one target that intersect.
+/// Pairs (earlier, later) of intervals of one target's partition that intersect.
 pub fn overlaps(intervals: &[Interval]) -> Vec<(Interval, Interval)> {
     let mut sorted = intervals.to_vec();
-    sorted.sort_by_key(|i| (i.target, i.open));
+    sorted.sort_by_key(|i| (i.target, i.partition, i.open));
     let mut found = Vec::new();
     let mut holder: Option<Interval> = None;
     for interval in sorted {
         match holder {
-            Some(h) if h.target == interval.target && interval.open < h.close => {
+            Some(h) if h.target == interval.target && h.partition == interval.partition && interval.open < h.close => {
                 found.push((h, interval));
                 if interval.close > h.close {
                     holder = Some(interval);
@@ -94,7 +96,7 @@ mod tests {
     use super::*;
 
     fn at(target: usize, open: u64, close: u64) -> Interval {
-        Interval { target, worker: 0, open, close }
+        Interval { target, partition: 0, worker: 0, open, close }
     }
 
     #[test]
@@ -106,5 +108,12 @@ mod tests {
     #[test]
     fn intervals_one_after_the_other_or_of_other_targets_are_not() {
         assert!(overlaps(&[at(0, 1, 2), at(0, 3, 4), at(1, 1, 4), at(2, 2, 3)]).is_empty());
+    }
+
+    #[test]
+    fn intervals_of_two_partitions_of_one_target_are_not() {
+        let other = Interval { partition: 1, ..at(0, 2, 6) };
+        assert!(overlaps(&[at(0, 1, 5), other]).is_empty());
+        assert_eq!(overlaps(&[at(0, 1, 5), other, Interval { partition: 1, ..at(0, 3, 4) }]).len(), 1);
     }
 }

@@ -30,6 +30,8 @@ pub struct Target {
     pub instance_id: Option<&'static str>,
     pub aggregate_types: Option<&'static [&'static str]>,
     pub event_types: Option<&'static [&'static str]>,
+    /// Run with partition_catchup, its partition count changed mid-run (--partitions).
+    pub partitioned: bool,
 }
 
 /// How `stress_applied` names the instance of a global projection.
@@ -55,14 +57,24 @@ impl Target {
 
 const fn per_instance(projection: &'static str, instance_id: &'static str,
                       aggregate_types: Option<&'static [&'static str]>) -> Target {
-    Target { projection, instance_id: Some(instance_id), aggregate_types, event_types: None }
+    Target { projection, instance_id: Some(instance_id), aggregate_types, event_types: None, partitioned: false }
 }
 
-/// Global, per-instance and filtered projections.
-pub const TARGETS: [Target; 10] = [
-    Target { projection: "all", instance_id: None, aggregate_types: None, event_types: None },
-    Target { projection: "users", instance_id: None, aggregate_types: Some(&["user"]), event_types: None },
-    Target { projection: "additions", instance_id: None, aggregate_types: None, event_types: Some(&["added"]) },
+/// How many of TARGETS a run uses: the partitioned ones only with --partitions.
+const UNPARTITIONED_TARGETS: usize = 10;
+
+/// The targets of this run.
+pub fn targets(run: &Run) -> &'static [Target] {
+    if run.options.partitions { &TARGETS } else { &TARGETS[..UNPARTITIONED_TARGETS] }
+}
+
+/// Global, per-instance and filtered projections; the last two partitioned (--partitions only).
+pub const TARGETS: [Target; 12] = [
+    Target { projection: "all", instance_id: None, aggregate_types: None, event_types: None, partitioned: false },
+    Target { projection: "users", instance_id: None, aggregate_types: Some(&["user"]), event_types: None,
+             partitioned: false },
+    Target { projection: "additions", instance_id: None, aggregate_types: None, event_types: Some(&["added"]),
+             partitioned: false },
     per_instance("tenant", "system", None),
     per_instance("tenant", "t1", None),
     per_instance("tenant", "t2", None),
@@ -70,6 +82,9 @@ pub const TARGETS: [Target; 10] = [
     per_instance("grants", "t1", Some(&["grant", "org"])),
     per_instance("grants", "t2", Some(&["grant", "org"])),
     per_instance("grants", "system", Some(&["grant", "org"])),
+    Target { projection: "split", instance_id: None, aggregate_types: None, event_types: None, partitioned: true },
+    Target { projection: "split", instance_id: Some("t1"), aggregate_types: Some(&["user", "org"]),
+             event_types: None, partitioned: true },
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -102,8 +117,21 @@ const IDLE_MS: (u64, u64) = (2, 15);
 const MAX_DRAIN_BATCHES: usize = 100_000;
 
 const SAFE_FETCH: &str = "\
-SELECT position, instance_id, aggregate_type, aggregate_id, sequence
+SELECT position, instance_id, aggregate_type, aggregate_id, sequence, 0
   FROM eventstore.projection_catchup($1, $2, $3, $4, $5, $6)";
+
+/// A partitioned target's batch: the next batch of a free partition, led by its number.
+const PARTITION_FETCH: &str = "\
+SELECT position, instance_id, aggregate_type, aggregate_id, sequence, partition
+  FROM eventstore.partition_catchup($1, $2, $3, $4, $5, $6)";
+
+/// Partition counts the resizer moves the partitioned targets between.
+const PARTITION_COUNTS: (u64, u64) = (1, 4);
+/// How long the resizer waits between two attempts.
+const RESIZE_EVERY_MS: (u64, u64) = (300, 1500);
+/// A partitioned target's drain stops after this many empty transactions in a row (a resize's
+/// old partitions can reach the resize position in a call that hands out nothing).
+const EMPTY_DRAINS: usize = 3;
 
 /// Whether event `e` is in a target's scope. Parameters: $1 projection, $2 instance key,
 /// $3 instance_id, $4 aggregate types, $5 event types.
@@ -118,7 +146,7 @@ pub(crate) use in_scope;
 
 /// The naive catch-up: everything past our own checkpoint, no lock, no barrier.
 const NAIVE_FETCH: &str = concat!("\
-SELECT e.position, e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence
+SELECT e.position, e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, 0
   FROM eventstore.events e
  WHERE e.position > coalesce((SELECT checkpoint FROM stress_naive_checkpoints
                                WHERE projection = $1 AND instance_key = $2), 0)
@@ -134,8 +162,8 @@ ON CONFLICT (projection, instance_key) DO UPDATE SET checkpoint = excluded.check
 /// With the projection held, numbers are drawn in commit order.
 const APPLY: &str = "\
 WITH batch AS (
-    INSERT INTO stress_batches (batch, projection, instance_key, worker, low, high, events, commit_order)
-    VALUES ($1, $2, $3, $4, $5, $6, cardinality($7::bigint[]), nextval('stress_commit_order')))
+    INSERT INTO stress_batches (batch, projection, instance_key, worker, low, high, events, commit_order, partition)
+    VALUES ($1, $2, $3, $4, $5, $6, cardinality($7::bigint[]), nextval('stress_commit_order'), $10))
 INSERT INTO stress_applied (projection, instance_key, batch, ord, position, aggregate, sequence)
 SELECT $2, $3, $1, u.ord, u.position, u.aggregate, u.sequence
   FROM unnest($7::bigint[], $8::text[], $9::bigint[]) WITH ORDINALITY AS u(position, aggregate, sequence, ord)";
@@ -152,7 +180,8 @@ CREATE TABLE stress_applied (
     position bigint NOT NULL, aggregate text NOT NULL, sequence bigint NOT NULL);
 CREATE TABLE stress_batches (
     batch bigint PRIMARY KEY, projection text NOT NULL, instance_key text NOT NULL, worker int NOT NULL,
-    low bigint NOT NULL, high bigint NOT NULL, events int NOT NULL, commit_order bigint NOT NULL);
+    low bigint NOT NULL, high bigint NOT NULL, events int NOT NULL, commit_order bigint NOT NULL,
+    partition int NOT NULL);
 CREATE SEQUENCE stress_commit_order;
 CREATE TABLE stress_naive_checkpoints (
     projection text, instance_key text, checkpoint bigint NOT NULL, PRIMARY KEY (projection, instance_key));";
@@ -167,6 +196,8 @@ struct Fetched {
     positions: Vec<i64>,
     aggregates: Vec<String>,
     sequences: Vec<i64>,
+    /// The partition the batch came from (0 for a projection not partitioned).
+    partition: i32,
 }
 
 #[derive(Default)]
@@ -199,7 +230,7 @@ struct Worker<'r> {
 pub fn worker(run: &Run, id: usize) -> Result<WorkerReport, String> {
     let mut worker = Worker::new(run, id, &format!("stress-worker-{id}"));
     while !run.stopping() {
-        let target = worker.rng.between(0, TARGETS.len() as u64 - 1) as usize;
+        let target = worker.rng.between(0, targets(run).len() as u64 - 1) as usize;
         if worker.transaction(target, &LOAD)? == 0 {
             let idle = worker.rng.between(IDLE_MS.0, IDLE_MS.1);
             std::thread::sleep(Duration::from_millis(idle));
@@ -211,9 +242,15 @@ pub fn worker(run: &Run, id: usize) -> Result<WorkerReport, String> {
 /// Catches every projection up to the head, one after the other, once the load has stopped.
 pub fn drain(run: &Run) -> Result<WorkerReport, String> {
     let mut worker = Worker::new(run, DRAIN_WORKER, "stress-drain");
-    for (index, target) in TARGETS.iter().enumerate() {
-        let mut batches = 0;
-        while worker.transaction(index, &DRAIN)? > 0 {
+    for (index, target) in targets(run).iter().enumerate() {
+        let (mut batches, mut empty) = (0, 0);
+        let empty_drains = if target.partitioned { EMPTY_DRAINS } else { 1 };
+        while empty < empty_drains {
+            if worker.transaction(index, &DRAIN)? > 0 {
+                empty = 0;
+            } else {
+                empty += 1;
+            }
             batches += 1;
             if batches > MAX_DRAIN_BATCHES {
                 return Err(format!("drain of {} never reached the head", target.name()));
@@ -221,6 +258,51 @@ pub fn drain(run: &Run) -> Result<WorkerReport, String> {
         }
     }
     Ok(worker.finish())
+}
+
+/// Gives the partitioned targets their first partition count (before the load).
+pub fn define_partitions(client: &mut Client) -> Result<(), postgres::Error> {
+    client.batch_execute("DELETE FROM eventstore.projections WHERE projection = 'split'")?;
+    for target in TARGETS.iter().filter(|t| t.partitioned) {
+        client.execute("SELECT eventstore.set_partitions($1, $2, 2)", &[&target.projection, &target.instance_id])?;
+    }
+    Ok(())
+}
+
+/// What the resizer did: resizes done, and resizes refused because the previous one of that
+/// projection was still draining (55000, expected).
+#[derive(Default)]
+pub struct Resizes {
+    pub done: u64,
+    pub refused: u64,
+    pub tally: Tally,
+}
+
+/// Changes the partition count of a partitioned target, at random, while the load runs (G12:
+/// nothing skipped, repeated or reordered across a resize; the detector checks).
+pub fn resizer(run: &Run) -> Result<Resizes, String> {
+    let mut link = Link::new(run, "stress-resizer".to_string());
+    let mut rng = Rng::for_thread(run.options.seed, 900);
+    let mut resizes = Resizes::default();
+    let partitioned: Vec<&Target> = TARGETS.iter().filter(|t| t.partitioned).collect();
+    while !run.stopping() {
+        std::thread::sleep(Duration::from_millis(rng.between(RESIZE_EVERY_MS.0, RESIZE_EVERY_MS.1)));
+        let target = partitioned[rng.between(0, partitioned.len() as u64 - 1) as usize];
+        let count = rng.between(PARTITION_COUNTS.0, PARTITION_COUNTS.1) as i32;
+        let client = link.client()?;
+        match client.execute("SELECT eventstore.set_partitions($1, $2, $3)",
+                             &[&target.projection, &target.instance_id, &count]) {
+            Ok(_) => resizes.done += 1,
+            Err(error) if error.code() == Some(&postgres::error::SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) => {
+                resizes.refused += 1;
+            }
+            Err(error) => {
+                link.failed(&error);
+            }
+        }
+    }
+    resizes.tally = link.tally;
+    Ok(resizes)
 }
 
 impl<'r> Worker<'r> {
@@ -251,9 +333,11 @@ impl<'r> Worker<'r> {
 
         let mut opened: Option<u64> = None;
         let mut fetched_count = 0;
+        let mut partition = 0;
         let result = (|| -> Result<(), postgres::Error> {
             client.batch_execute(begin)?;
             let fetched = fetch(client, mode, &TARGETS[target], batch_size, wait)?;
+            partition = fetched.partition;
             fetched_count = fetched.positions.len();
             if fetched_count == 0 {
                 return client.batch_execute("COMMIT");
@@ -264,7 +348,7 @@ impl<'r> Worker<'r> {
             }
             apply(client, mode, &TARGETS[target], batch, self.id, &fetched)?;
             let close = run.clock.tick();
-            self.report.intervals.push(Interval { target, worker: self.id, open: opened.take().unwrap(), close });
+            self.report.intervals.push(Interval { target, partition, worker: self.id, open: opened.take().unwrap(), close });
             client.batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
         })();
 
@@ -276,7 +360,7 @@ impl<'r> Worker<'r> {
                 let ended = self.link.failed(&error);
                 if let Some(open) = opened {
                     let (Ended::Lost { at } | Ended::RolledBack { at }) = ended;
-                    self.report.intervals.push(Interval { target, worker: self.id, open, close: at.max(open) });
+                    self.report.intervals.push(Interval { target, partition, worker: self.id, open, close: at.max(open) });
                 }
             }
         }
@@ -288,7 +372,7 @@ fn fetch(client: &mut Client, mode: Mode, target: &Target, batch_size: i32, wait
     -> Result<Fetched, postgres::Error>
 {
     let rows = match mode {
-        Mode::Safe => client.query(SAFE_FETCH, &[&target.projection, &target.instance_id,
+        Mode::Safe => client.query(if target.partitioned { PARTITION_FETCH } else { SAFE_FETCH }, &[&target.projection, &target.instance_id,
             &batch_size, &target.aggregate_types, &target.event_types, &wait])?,
         Mode::Naive => {
             let [p1, p2, p3, p4, p5] = target.scope_params();
@@ -300,6 +384,7 @@ fn fetch(client: &mut Client, mode: Mode, target: &Target, batch_size: i32, wait
         fetched.positions.push(row.get(0));
         fetched.aggregates.push(aggregate_name(row.get(1), row.get(2), row.get(3)));
         fetched.sequences.push(row.get(4));
+        fetched.partition = row.get(5);
     }
     Ok(fetched)
 }
@@ -310,7 +395,7 @@ fn apply(client: &mut Client, mode: Mode, target: &Target, batch: i64, worker: u
     let low = *fetched.positions.iter().min().expect("a batch has events");
     let high = *fetched.positions.iter().max().expect("a batch has events");
     client.execute(APPLY, &[&batch, &target.projection, &target.instance_key(), &(worker as i32),
-        &low, &high, &fetched.positions, &fetched.aggregates, &fetched.sequences])?;
+        &low, &high, &fetched.positions, &fetched.aggregates, &fetched.sequences, &fetched.partition])?;
     if mode == Mode::Naive {
         let last = *fetched.positions.last().unwrap();
         client.execute(NAIVE_ADVANCE, &[&target.projection, &target.instance_key(), &last])?;
