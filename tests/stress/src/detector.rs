@@ -9,7 +9,7 @@
 //! | order           | a committed batch not above every earlier one of its partition in  | G7, G12   |
 //! |                 | commit order, not in position order itself, or an aggregate's      |           |
 //! |                 | events applied out of sequence order                               |           |
-//! | overlap         | two workers inside one projection at once (trace.rs)               | G6        |
+//! | overlap         | two workers inside one projection (partition) at once (trace.rs)   | G6, G12   |
 //! | lost            | a push or a batch whose COMMIT succeeded, missing from the tables  | G1        |
 //! | gaps            | an aggregate whose sequences are not exactly 1..n                  | G2        |
 //! | aggregate_order | within an aggregate, a later sequence at a lower position          | G3        |

@@ -285,14 +285,23 @@ pub fn resizer(run: &Run) -> Result<Resizes, String> {
     let mut rng = Rng::for_thread(run.options.seed, 900);
     let mut resizes = Resizes::default();
     let partitioned: Vec<&Target> = TARGETS.iter().filter(|t| t.partitioned).collect();
+    // Each target's count as last set (define_partitions: 2); a resize always changes it.
+    let mut counts = vec![2u64; partitioned.len()];
     while !run.stopping() {
         std::thread::sleep(Duration::from_millis(rng.between(RESIZE_EVERY_MS.0, RESIZE_EVERY_MS.1)));
-        let target = partitioned[rng.between(0, partitioned.len() as u64 - 1) as usize];
-        let count = rng.between(PARTITION_COUNTS.0, PARTITION_COUNTS.1) as i32;
+        let index = rng.between(0, partitioned.len() as u64 - 1) as usize;
+        let target = partitioned[index];
+        let mut count = rng.between(PARTITION_COUNTS.0, PARTITION_COUNTS.1 - 1);
+        if count >= counts[index] {
+            count += 1;
+        }
         let client = link.client()?;
         match client.execute("SELECT eventstore.set_partitions($1, $2, $3)",
-                             &[&target.projection, &target.instance_id, &count]) {
-            Ok(_) => resizes.done += 1,
+                             &[&target.projection, &target.instance_id, &(count as i32)]) {
+            Ok(_) => {
+                resizes.done += 1;
+                counts[index] = count;
+            }
             Err(error) if error.code() == Some(&postgres::error::SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) => {
                 resizes.refused += 1;
             }
