@@ -938,49 +938,100 @@ BEGIN
 END
 $$;
 
--- Locks, numbers and inserts checked commands; one row per event (src/push/mod.rs).
+-- push: append a batch atomically (G1), with gapless aggregate sequences (G2) and positions
+-- drawn under the locks (G3); src/push/mod.rs. Few statements on the common path (a push of at
+-- most 64 aggregates whose commands are all valid): one to check the batch, one for the locks,
+-- one for the floor, one to number, draw and insert.
 --
 -- Under REPEATABLE READ and SERIALIZABLE the aggregate's sequence is read under the
 -- transaction's snapshot (SQL cannot take a fresh one): when another transaction committed to
 -- the aggregate after that snapshot, the insert fails with 40001 (retry the transaction), where
 -- the native push reads the latest sequence and succeeds.
-CREATE FUNCTION eventstore_sql.append(commands eventstore.command[]) RETURNS SETOF eventstore.pushed
-LANGUAGE plpgsql VOLATILE
+CREATE FUNCTION eventstore.push(commands eventstore.command[])
+RETURNS SETOF eventstore.pushed
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    tenant text := eventstore_sql.caller_tenant();
-    default_creator text := eventstore_sql.caller();
     size integer := cardinality(commands);
-    carries_ids boolean;
-    fresh_snapshots boolean := current_setting('transaction_isolation') = 'read committed';
+    tenant text;
+    batch record;
     bad record;
+    this_transaction text;
+    marked text;
+    taken integer;
+    default_creator text := eventstore_sql.caller();
     replayed eventstore.pushed[];
-    positions bigint[];
     written integer;
 BEGIN
-    IF tenant IS NOT NULL THEN
+    IF commands IS NULL THEN
+        PERFORM eventstore_sql.refuse('22004', 'commands must not be NULL',
+            'push was called with a NULL array.', 'Pass an array of eventstore.command.');
+    END IF;
+    IF size IS NULL OR size = 0 OR size > 10000 THEN
+        PERFORM eventstore_sql.check_batch_size(size);
+    END IF;
+    tenant := eventstore_sql.caller_tenant();
+    -- The whole batch at once; the slow paths below only name the first refusal.
+    SELECT bool_and(coalesce(eventstore_sql.is_valid_command(u.revision, u.expected_sequence,
+                        u.payload, u.metadata, u.instance_id, u.aggregate_type, u.aggregate_id,
+                        u.event_type, u.creator, u.owner), false)) AS valid,
+           coalesce(bool_or(u.instance_id <> tenant), false) AS foreign_instance,
+           count(u.id) > count(DISTINCT u.id) AS repeated_ids,
+           count(u.id) > 0 AS carries_ids,
+           count(u.expected_sequence) > 0 AS expects,
+           count(DISTINCT (u.instance_id, u.aggregate_type, u.aggregate_id)) AS aggregates
+      INTO batch
+      FROM unnest(commands) u;
+    IF NOT batch.valid THEN
+        PERFORM eventstore_sql.check_commands(commands);
+    END IF;
+    IF batch.foreign_instance THEN
         SELECT u.ordinality AS n, u.instance_id INTO bad
           FROM unnest(commands) WITH ORDINALITY AS u
          WHERE u.instance_id <> tenant ORDER BY u.ordinality LIMIT 1;
-        IF FOUND THEN
-            PERFORM eventstore_sql.resolve(tenant, bad.instance_id, format('command %s of the batch', bad.n));
-        END IF;
+        PERFORM eventstore_sql.resolve(tenant, bad.instance_id, format('command %s of the batch', bad.n));
     END IF;
-    SELECT d.n, d.first, d.id INTO bad
-      FROM (SELECT u.ordinality AS n, u.id, min(u.ordinality) OVER (PARTITION BY u.id) AS first
-              FROM unnest(commands) WITH ORDINALITY AS u WHERE u.id IS NOT NULL) d
-     WHERE d.n > d.first ORDER BY d.n LIMIT 1;
-    carries_ids := FOUND OR EXISTS (SELECT FROM unnest(commands) u WHERE u.id IS NOT NULL);
-    IF bad.n IS NOT NULL THEN
+    IF batch.repeated_ids THEN
+        SELECT d.n, d.first, d.id INTO bad
+          FROM (SELECT u.ordinality AS n, u.id, min(u.ordinality) OVER (PARTITION BY u.id) AS first
+                  FROM unnest(commands) WITH ORDINALITY AS u WHERE u.id IS NOT NULL) d
+         WHERE d.n > d.first ORDER BY d.n LIMIT 1;
         PERFORM eventstore_sql.refuse('22023', format('event id %s appears twice in the batch', bad.id),
             format('Command %s of the batch: command %s carries the same id.', bad.n, bad.first),
             'Give every event its own id.');
     END IF;
 
-    PERFORM eventstore_sql.lock_for_push(commands);
+    -- The locks (src/locks.rs), in one canonical order (trap 11): the all-writers key and the
+    -- instances' writer keys shared, the aggregates' keys exclusively, each family in key order.
+    this_transaction := eventstore_sql.this_transaction();
+    IF batch.aggregates > 64
+       OR current_setting('eventstore.sql_bulk', true) IS NOT DISTINCT FROM this_transaction THEN
+        PERFORM eventstore_sql.lock_for_push(commands);
+    ELSE
+        marked := current_setting('eventstore.sql_aggregate_locks', true);
+        taken := CASE WHEN split_part(marked, '#', 1) = this_transaction
+                      THEN split_part(marked, '#', 2)::integer ELSE 0 END;
+        IF taken + batch.aggregates > 256 THEN
+            PERFORM eventstore_sql.lock_for_push(commands);
+        ELSE
+            PERFORM CASE WHEN k.exclusive THEN pg_advisory_xact_lock(k.key)
+                         ELSE pg_advisory_xact_lock_shared(k.key) END
+               FROM (SELECT 0 AS family, eventstore_sql.all_writers_key() AS key, false AS exclusive
+                     UNION
+                     SELECT 1, eventstore_sql.writer_key(u.instance_id), false FROM unnest(commands) u
+                     UNION
+                     SELECT 2, eventstore_sql.aggregate_key(u.instance_id, u.aggregate_type, u.aggregate_id), true
+                       FROM unnest(commands) u
+                     ORDER BY 1, 2 OFFSET 0) k;
+            PERFORM set_config('eventstore.sql_aggregate_locks',
+                this_transaction || '#' || (taken + batch.aggregates), true);
+        END IF;
+    END IF;
 
-    IF carries_ids THEN
+    -- G14: with the aggregates locked, any earlier push to them has ended: a replay is answered
+    -- from the store before anything is numbered.
+    IF batch.carries_ids THEN
         replayed := eventstore_sql.replay(commands);
         IF replayed IS NOT NULL THEN
             RETURN QUERY SELECT * FROM unnest(replayed);
@@ -988,7 +1039,7 @@ BEGIN
         END IF;
     END IF;
 
-    IF EXISTS (SELECT FROM unnest(commands) u WHERE u.expected_sequence IS NOT NULL) THEN
+    IF batch.expects THEN
         SELECT k.n, k.instance_id, k.aggregate_type, k.aggregate_id, k.expected_sequence,
                k.sequence - 1 AS actual
           INTO bad
@@ -1007,12 +1058,17 @@ BEGIN
         END IF;
     END IF;
 
-    -- G3: every lock of the batch is held; the floor first, then the positions in command order.
-    PERFORM eventstore_sql.take_floor();
-    SELECT array_agg(nextval('eventstore.position_seq'::regclass) ORDER BY g) INTO positions
-      FROM generate_series(1, size) g;
+    -- The floor (src/horizon/floors.rs): once per transaction, with every lock of the batch held
+    -- and before the first position is drawn, the last drawn position + 1, held shared.
+    IF current_setting('eventstore.sql_floor', true) IS DISTINCT FROM this_transaction THEN
+        PERFORM eventstore_sql.take_floor();
+    END IF;
 
-    IF fresh_snapshots AND NOT carries_ids THEN
+    -- G3: positions drawn in command order (the insert's rows come sorted by command), after
+    -- the floor. Pushes without ids under READ COMMITTED insert plainly; with ids an id a
+    -- concurrent push stored meanwhile is skipped and refused below; under REPEATABLE READ a
+    -- row committed after the snapshot makes ON CONFLICT fail with 40001.
+    IF NOT batch.carries_ids AND current_setting('transaction_isolation') = 'read committed' THEN
         RETURN QUERY
         WITH inserted AS (
             INSERT INTO eventstore.events AS e (instance_id, aggregate_type, aggregate_id, sequence,
@@ -1020,14 +1076,12 @@ BEGIN
                    id, metadata)
             SELECT k.instance_id, k.aggregate_type, k.aggregate_id, k.sequence, k.event_type,
                    k.revision, k.payload, coalesce(k.creator, default_creator), k.owner, now(),
-                   positions[k.n::integer], (k.n - 1)::integer, k.id, k.metadata
-              FROM eventstore_sql.numbered(commands) k
+                   nextval('eventstore.position_seq'::regclass), (k.n - 1)::integer, k.id, k.metadata
+              FROM (SELECT * FROM eventstore_sql.numbered(commands) ORDER BY n OFFSET 0) k
             RETURNING e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.position,
                       e.in_tx_order, e.created_at, e.owner, e.id)
         SELECT * FROM inserted w ORDER BY w.in_tx_order;
     ELSE
-        -- With ids: an id a concurrent push stored meanwhile is skipped here and refused below.
-        -- Under REPEATABLE READ: a row committed after the snapshot makes this fail with 40001.
         RETURN QUERY
         WITH inserted AS (
             INSERT INTO eventstore.events AS e (instance_id, aggregate_type, aggregate_id, sequence,
@@ -1035,19 +1089,22 @@ BEGIN
                    id, metadata)
             SELECT k.instance_id, k.aggregate_type, k.aggregate_id, k.sequence, k.event_type,
                    k.revision, k.payload, coalesce(k.creator, default_creator), k.owner, now(),
-                   positions[k.n::integer], (k.n - 1)::integer, k.id, k.metadata
-              FROM eventstore_sql.numbered(commands) k
+                   nextval('eventstore.position_seq'::regclass), (k.n - 1)::integer, k.id, k.metadata
+              FROM (SELECT * FROM eventstore_sql.numbered(commands) ORDER BY n OFFSET 0) k
             ON CONFLICT DO NOTHING
             RETURNING e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.position,
                       e.in_tx_order, e.created_at, e.owner, e.id)
         SELECT * FROM inserted w ORDER BY w.in_tx_order;
         GET DIAGNOSTICS written = ROW_COUNT;
         IF written < size THEN
+            -- The first command whose id is stored by another transaction (or, written in a
+            -- subtransaction of the caller's, the first command with an id).
             SELECT u.ordinality AS n, u.id INTO bad
               FROM unnest(commands) WITH ORDINALITY AS u
-             WHERE NOT EXISTS (SELECT FROM eventstore.events e
-                                WHERE e.position = positions[u.ordinality::integer])
-             ORDER BY u.ordinality LIMIT 1;
+             WHERE u.id IS NOT NULL
+             ORDER BY EXISTS (SELECT FROM eventstore.events e
+                               WHERE e.id = u.id AND e.xmin = pg_current_xact_id()::xid), u.ordinality
+             LIMIT 1;
             PERFORM eventstore_sql.refuse('ES422',
                 format('event id %s was already used for another event', bad.id),
                 format('Command %s carries id %s, which a concurrent push stored for another event '
@@ -1058,27 +1115,11 @@ BEGIN
     END IF;
 
     -- eventstore.notify = on: one NOTIFY per push (natively one per transaction), delivered at
-    -- commit: {"position": <highest position written>}.
+    -- commit: {"position": <the last position drawn>}.
     IF current_setting('eventstore.notify', true) = 'on' THEN
-        PERFORM pg_notify('eventstore_events', json_build_object('position', positions[size])::text);
+        PERFORM pg_notify('eventstore_events',
+            json_build_object('position', currval('eventstore.position_seq'::regclass))::text);
     END IF;
-END
-$$;
-
--- push: append a batch atomically (G1), with gapless aggregate sequences (G2) and positions
--- drawn under the locks (G3).
-CREATE FUNCTION eventstore.push(commands eventstore.command[])
-RETURNS SETOF eventstore.pushed
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF commands IS NULL THEN
-        PERFORM eventstore_sql.refuse('22004', 'commands must not be NULL',
-            'push was called with a NULL array.', 'Pass an array of eventstore.command.');
-    END IF;
-    PERFORM eventstore_sql.check_commands(commands);
-    RETURN QUERY SELECT * FROM eventstore_sql.append(commands);
 END
 $$;
 COMMENT ON FUNCTION eventstore.push(eventstore.command[]) IS
@@ -1095,7 +1136,7 @@ BEGIN
         PERFORM eventstore_sql.refuse('22004', 'commands must not be NULL',
             'push was called with a NULL jsonb.', 'Pass a JSON array of command objects.');
     END IF;
-    RETURN QUERY SELECT * FROM eventstore_sql.append(eventstore_sql.commands_from_json(commands));
+    RETURN QUERY SELECT * FROM eventstore.push(eventstore_sql.commands_from_json(commands));
 END
 $$;
 COMMENT ON FUNCTION eventstore.push(jsonb) IS
