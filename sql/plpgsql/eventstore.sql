@@ -182,7 +182,6 @@ RETURN CASE WHEN pg_catalog.current_setting('role') = 'none' THEN SESSION_USER::
 -- refused (42501).
 CREATE FUNCTION eventstore_sql.caller_tenant() RETURNS text
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     role_name text := eventstore_sql.caller();
@@ -229,9 +228,10 @@ END
 $$;
 
 -- A name as the lock keys encode it: a 0 byte, its length (4 bytes) and its UTF-8 bytes; a 1
--- byte for none.
+-- byte for none. STABLE, as convert_to is: so that the planner inlines it (and the keys built
+-- on it) into the calling statement.
 CREATE FUNCTION eventstore_sql.key_name(name text) RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN CASE WHEN name IS NULL THEN '\x01'::bytea
             ELSE '\x00'::bytea || pg_catalog.int4send(pg_catalog.octet_length(name))
                  || pg_catalog.convert_to(name, 'UTF8') END;
@@ -247,17 +247,17 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN eventstore_sql.lock_key(17665, ''::bytea);
 
 CREATE FUNCTION eventstore_sql.writer_key(instance_id text) RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN eventstore_sql.lock_key(17666, eventstore_sql.key_name(instance_id));
 
 CREATE FUNCTION eventstore_sql.aggregate_key(instance_id text, aggregate_type text, aggregate_id text)
 RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN eventstore_sql.lock_key(17668, eventstore_sql.key_name(instance_id)
            || eventstore_sql.key_name(aggregate_type) || eventstore_sql.key_name(aggregate_id));
 
 CREATE FUNCTION eventstore_sql.counter_key(tenant text, scope text) RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN eventstore_sql.lock_key(17669, eventstore_sql.key_name(tenant) || eventstore_sql.key_name(scope));
 
 -- The last position drawn by anyone, committed or not (0 before the first push).
@@ -444,7 +444,7 @@ RETURN CASE WHEN pg_catalog.jsonb_typeof(value) = 'array' THEN '{}'::jsonb ELSE 
 -- Whether a payload (limit 1 MiB) or metadata (64 KiB) is acceptable: NULL, an object within
 -- the limit, or [].
 CREATE FUNCTION eventstore_sql.is_json_object(value jsonb, max_bytes integer) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN value IS NULL
     OR pg_catalog.pg_column_size(value) <= max_bytes
        AND (pg_catalog.jsonb_typeof(value) = 'object' OR value = '[]'::jsonb);
@@ -454,7 +454,7 @@ CREATE FUNCTION eventstore_sql.is_valid_command(
     revision bigint, expected_sequence bigint, payload jsonb, metadata jsonb, instance_id text,
     aggregate_type text, aggregate_id text, event_type text, creator text, owner text)
 RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN (revision IS NULL OR revision BETWEEN 1 AND 32767)
    AND (expected_sequence IS NULL OR expected_sequence >= 0)
    AND eventstore_sql.is_json_object(payload, 1048576)
