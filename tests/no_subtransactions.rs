@@ -2,8 +2,8 @@
 //!
 //! 1. Statically: the shipped SQL (`sql/**/*.sql`, the SQL edition included) and Rust
 //!    (`src/**/*.rs`) contain no SAVEPOINT, ROLLBACK TO, RELEASE, PL/pgSQL `EXCEPTION WHEN`
-//!    handler, no call that opens or ends a subtransaction (`BeginInternalSubTransaction`, ...), and no catch-and-continue of a
-//!    database error or panic (`PgTryBuilder`, `catch_unwind`, `FlushErrorState`, ...). The
+//!    handler, no call that opens or ends a subtransaction (`BeginInternalSubTransaction`,
+//!    ...), and no catch-and-continue of a database error or panic (`PgTryBuilder`, `catch_unwind`, `FlushErrorState`, ...). The
 //!    scan reads code, not prose: comments and SQL string constants are skipped, PL/pgSQL
 //!    bodies (dollar-quoted) and SQL inside Rust string literals are read as SQL. `tests/` is
 //!    not scanned (the negative control below lives here).
