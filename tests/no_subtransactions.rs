@@ -3,10 +3,10 @@
 //! 1. Statically: the shipped SQL (`sql/**/*.sql`, the SQL edition included) and Rust
 //!    (`src/**/*.rs`) contain no SAVEPOINT, ROLLBACK TO, RELEASE, PL/pgSQL `EXCEPTION WHEN`
 //!    handler, no call that opens or ends a subtransaction (`BeginInternalSubTransaction`,
-//!    ...), and no catch-and-continue of a database error or panic (`PgTryBuilder`, `catch_unwind`, `FlushErrorState`, ...). The
-//!    scan reads code, not prose: comments and SQL string constants are skipped, PL/pgSQL
-//!    bodies (dollar-quoted) and SQL inside Rust string literals are read as SQL. `tests/` is
-//!    not scanned (the negative control below lives here).
+//!    ...), and no catch-and-continue of a database error or panic (`PgTryBuilder`,
+//!    `catch_unwind`, `FlushErrorState`, ...). The scan reads code, not prose: comments and SQL
+//!    string constants are skipped, PL/pgSQL bodies (dollar-quoted) and SQL inside Rust string
+//!    literals are read as SQL. `tests/` is not scanned (the negative control below lives here).
 //! 2. At run time: one transaction goes through every push and catch-up path — first and
 //!    later checkpoints, a nested and a global catch-up, a busy projection (false, zero rows),
 //!    the barrier, a push that waits for a concurrent push to the same aggregate, both push
