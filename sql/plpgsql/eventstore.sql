@@ -1727,6 +1727,7 @@ DECLARE
     deadline timestamptz;
     pause_ms double precision := 1;
     remaining_ms double precision;
+    reachable bigint;
 BEGIN
     i := eventstore_sql.resolve(eventstore_sql.caller_tenant(), i, 'wait_for_events');
     IF timeout_ms IS NULL OR timeout_ms NOT BETWEEN 0 AND 3600000 THEN
@@ -1736,9 +1737,10 @@ BEGIN
     deadline := clock_timestamp() + make_interval(secs => timeout_ms / 1000.0);
     LOOP
         -- Committed events past the checkpoint and no higher than a catch-up could hand out now.
+        reachable := eventstore_sql.horizon(i);
         IF EXISTS (SELECT FROM eventstore.events e
                     WHERE (i IS NULL OR e.instance_id = i)
-                      AND e.position <= eventstore_sql.horizon(i)
+                      AND e.position <= reachable
                       AND e.position > coalesce((SELECT s.checkpoint FROM eventstore.projection_states s
                                                   WHERE s.projection = p AND s.instance_id IS NOT DISTINCT FROM i
                                                     AND s.partition = 0), 0)) THEN
