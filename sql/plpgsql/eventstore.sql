@@ -1399,6 +1399,16 @@ BEGIN
 END
 $$;
 
+-- A projection's checkpoint (partition 0), 0 when it has none. Two index look-ups, one for an
+-- instance and one for a global projection (instance_id NULL), so that a cached plan serves both.
+CREATE FUNCTION eventstore_sql.checkpoint(projection text, instance_id text) RETURNS bigint
+LANGUAGE sql STABLE
+RETURN coalesce((SELECT s.checkpoint FROM eventstore.projection_states s
+                  WHERE s.projection = $1 AND s.instance_id = $2 AND s.partition = 0
+                 UNION ALL
+                 SELECT s.checkpoint FROM eventstore.projection_states s
+                  WHERE $2 IS NULL AND s.projection = $1 AND s.instance_id IS NULL AND s.partition = 0), 0);
+
 -- projection_catchup (src/catchup/mod.rs), in the caller's transaction:
 -- 1. the projection lock (G6): busy and wait = false, zero rows at once (trap 10);
 -- 2. the horizon from the floors (G4): never waits;
@@ -1452,7 +1462,7 @@ BEGIN
         RETURN;
     END IF;
     SELECT d.partitions INTO partitions FROM eventstore.projections d
-     WHERE d.projection = p AND d.instance_id IS NOT DISTINCT FROM i;
+     WHERE d.projection = p AND (d.instance_id = i OR i IS NULL AND d.instance_id IS NULL);
     IF partitions > 1 THEN
         PERFORM eventstore_sql.refuse('55000',
             format('projection "%s" has %s partitions', left(p, 80), partitions),
@@ -1461,9 +1471,7 @@ BEGIN
             'Use eventstore.partition_catchup, which hands out the next batch of a free partition.');
     END IF;
     horizon := eventstore_sql.horizon(i);
-    checkpoint := coalesce((SELECT s.checkpoint FROM eventstore.projection_states s
-                             WHERE s.projection = p AND s.instance_id IS NOT DISTINCT FROM i
-                               AND s.partition = 0), 0);
+    checkpoint := eventstore_sql.checkpoint(p, i);
     IF horizon <= checkpoint THEN
         RETURN;
     END IF;
@@ -1728,6 +1736,7 @@ DECLARE
     pause_ms double precision := 1;
     remaining_ms double precision;
     reachable bigint;
+    checkpoint bigint;
 BEGIN
     i := eventstore_sql.resolve(eventstore_sql.caller_tenant(), i, 'wait_for_events');
     IF timeout_ms IS NULL OR timeout_ms NOT BETWEEN 0 AND 3600000 THEN
@@ -1738,12 +1747,11 @@ BEGIN
     LOOP
         -- Committed events past the checkpoint and no higher than a catch-up could hand out now.
         reachable := eventstore_sql.horizon(i);
+        checkpoint := eventstore_sql.checkpoint(p, i);
         IF EXISTS (SELECT FROM eventstore.events e
-                    WHERE (i IS NULL OR e.instance_id = i)
-                      AND e.position <= reachable
-                      AND e.position > coalesce((SELECT s.checkpoint FROM eventstore.projection_states s
-                                                  WHERE s.projection = p AND s.instance_id IS NOT DISTINCT FROM i
-                                                    AND s.partition = 0), 0)) THEN
+                    WHERE e.instance_id = i AND e.position > checkpoint AND e.position <= reachable)
+           OR i IS NULL AND EXISTS (SELECT FROM eventstore.events e
+                                     WHERE e.position > checkpoint AND e.position <= reachable) THEN
             RETURN true;
         END IF;
         remaining_ms := extract(epoch FROM deadline - clock_timestamp()) * 1000;
