@@ -1114,11 +1114,12 @@ BEGIN
         END IF;
     END IF;
 
-    -- eventstore.notify = on: one NOTIFY per push (natively one per transaction), delivered at
-    -- commit: {"position": <the last position drawn>}.
+    -- eventstore.notify = on: the highest position this transaction wrote, for its one NOTIFY
+    -- at commit (eventstore_sql.notify_at_commit); undone with a rolled-back savepoint.
     IF current_setting('eventstore.notify', true) = 'on' THEN
-        PERFORM pg_notify('eventstore_events',
-            json_build_object('position', currval('eventstore.position_seq'::regclass))::text);
+        PERFORM set_config('eventstore.sql_highest_position',
+            greatest(nullif(current_setting('eventstore.sql_highest_position', true), '')::bigint,
+                     currval('eventstore.position_seq'::regclass))::text, true);
     END IF;
 END
 $$;
@@ -1142,6 +1143,26 @@ $$;
 COMMENT ON FUNCTION eventstore.push(jsonb) IS
     'push for drivers that cannot bind composite arrays: a JSON array of command objects '
     'with the fields of eventstore.command. Unknown fields are refused.';
+
+-- NOTIFY (src/wakeup.rs): with eventstore.notify = on, a transaction that pushed sends one
+-- notification on channel eventstore_events when it commits: {"position": <highest position
+-- written>}, no tenant name. A deferred trigger fires at commit for each event the transaction
+-- inserted while the setting was on; every firing sends the same payload, which PostgreSQL
+-- delivers once. A rolled-back transaction (or savepoint) sends nothing for what it undid.
+CREATE FUNCTION eventstore_sql.notify_at_commit() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_notify('eventstore_events', json_build_object('position',
+        nullif(current_setting('eventstore.sql_highest_position', true), '')::bigint)::text);
+    RETURN NULL;
+END
+$$;
+CREATE CONSTRAINT TRIGGER notify_at_commit AFTER INSERT ON eventstore.events
+DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+WHEN (pg_catalog.current_setting('eventstore.notify', true) = 'on')
+EXECUTE FUNCTION eventstore_sql.notify_at_commit();
 
 -- An untyped literal or parameter ('[...]') would match both forms above; this one takes it.
 CREATE FUNCTION eventstore.push(commands text)
@@ -1718,8 +1739,7 @@ COMMENT ON VIEW eventstore.projection_status IS
 -- within a millisecond), and a sleeping worker costs one short query per 25 ms. It sleeps in
 -- pg_sleep (pg_stat_activity: wait_event_type Timeout, not Extension). Under REPEATABLE READ it
 -- sees only its snapshot: call it under READ COMMITTED, or outside a transaction.
--- eventstore.notify = on makes each push (natively: each writing transaction) send one NOTIFY
--- on channel eventstore_events, delivered at commit: {"position": ...}.
+-- eventstore.notify = on: one NOTIFY per writing transaction, at commit (notify_at_commit).
 CREATE FUNCTION eventstore.wait_for_events(
     projection  text,
     instance_id text    DEFAULT NULL,
