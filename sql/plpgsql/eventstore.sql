@@ -1524,16 +1524,16 @@ COMMENT ON FUNCTION eventstore.projection_catchup(text, text, integer, text[], t
     'at once (G6), in order (G7). Busy and wait = false: zero rows at once. READ COMMITTED only '
     '(SQL edition).';
 
--- Partitioned projections, poison events and rebuilds (src/catchup/partitions.rs, poison.rs,
--- rebuild.rs) are not in the SQL edition yet: their tables are here, so that the schema is the
--- native one, and their functions refuse with 0A000.
+-- Partitioned projections and poison events (src/catchup/partitions.rs, poison.rs) are not in
+-- the SQL edition yet: their tables are here, so that the schema is the native one, and their
+-- functions refuse with 0A000.
 CREATE FUNCTION eventstore_sql.not_in_sql_edition(what text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM eventstore_sql.refuse('0A000', what || ' is not in the SQL edition yet',
-        'Partitioned projections, poison events and rebuilds need the native extension for now.',
+        'Partitioned projections and poison events need the native extension for now.',
         'See README.md, "Installing on a managed service".');
 END
 $$;
@@ -1670,6 +1670,10 @@ AS $$ BEGIN PERFORM eventstore_sql.not_in_sql_edition('discard_parked'); RETURN 
 COMMENT ON FUNCTION eventstore.discard_parked(text, text, bigint[]) IS
     'Not in the SQL edition yet (0A000).';
 
+-- Rebuilds (src/catchup/rebuild.rs): moves the projection's checkpoint to to_position (0: from
+-- the beginning), waiting for a running batch (its lock), in the caller's transaction, so that
+-- the events after it are handed out again. The SQL edition has no partitioned projections, so
+-- partition is NULL or 0. Returns how many partitions were reset (1).
 CREATE FUNCTION eventstore.reset_projection(
     projection  text,
     instance_id text    DEFAULT NULL,
@@ -1678,9 +1682,50 @@ CREATE FUNCTION eventstore.reset_projection(
 ) RETURNS integer
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ BEGIN PERFORM eventstore_sql.not_in_sql_edition('reset_projection'); RETURN NULL; END $$;
+AS $$
+#variable_conflict use_variable
+DECLARE
+    p text := eventstore_sql.identifier('projection', projection);
+    i text := CASE WHEN instance_id IS NULL THEN NULL ELSE eventstore_sql.identifier('instance_id', instance_id) END;
+    last bigint;
+BEGIN
+    IF to_position IS NULL THEN
+        PERFORM eventstore_sql.refuse('22004', 'to_position must not be NULL', 'to_position is NULL.',
+            'Pass 0 to rebuild from the beginning.');
+    END IF;
+    i := eventstore_sql.resolve(eventstore_sql.caller_tenant(), i, 'reset_projection');
+    PERFORM eventstore_sql.refuse_while_writing();
+    last := eventstore_sql.last_drawn();
+    IF to_position NOT BETWEEN 0 AND last THEN
+        PERFORM eventstore_sql.refuse('22023', 'to_position is out of range',
+            format('to_position is %s; it must be between 0 and the last position drawn, %s.', to_position, last));
+    END IF;
+    PERFORM eventstore_sql.lock_projection(p, i, 0, true);
+    IF NOT EXISTS (SELECT FROM eventstore.projection_states s
+                    WHERE s.projection = p AND (s.instance_id = i OR i IS NULL AND s.instance_id IS NULL))
+       AND NOT EXISTS (SELECT FROM eventstore.projections d
+                        WHERE d.projection = p AND (d.instance_id = i OR i IS NULL AND d.instance_id IS NULL)) THEN
+        PERFORM eventstore_sql.refuse('22023', format('projection "%s" is unknown', left(p, 80)),
+            format('Projection "%s" has no checkpoint and no definition%s.', left(p, 80),
+                CASE WHEN i IS NULL THEN '' ELSE format(' for instance "%s"', left(i, 80)) END),
+            'A projection that never ran starts from the beginning anyway.');
+    END IF;
+    IF partition IS NOT NULL AND partition <> 0 THEN
+        PERFORM eventstore_sql.refuse('22023', 'partition is out of range',
+            format('partition is %s; projection "%s" has partitions 0 to 0.', partition, left(p, 80)),
+            'Pass NULL for every partition.');
+    END IF;
+    INSERT INTO eventstore.projection_states AS s (projection, instance_id, partition, checkpoint, updated_at)
+    VALUES (p, i, 0, to_position, clock_timestamp())
+    ON CONFLICT ON CONSTRAINT projection_states_key
+    DO UPDATE SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at;
+    RETURN 1;
+END
+$$;
 COMMENT ON FUNCTION eventstore.reset_projection(text, text, integer, bigint) IS
-    'Not in the SQL edition yet (0A000).';
+    'Moves the projection''s checkpoint to to_position, waiting for a running batch, in the '
+    'caller''s transaction: the events after it are handed out again to rebuild the read model. '
+    'Returns how many partitions were reset.';
 
 -- security_invoker: a reader bound to a tenant sees its own tenant's lag only (the tables'
 -- row-level security applies to the caller, not to the view's owner).
