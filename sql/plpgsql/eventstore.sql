@@ -176,29 +176,34 @@ LANGUAGE sql STABLE
 RETURN CASE WHEN pg_catalog.current_setting('role') = 'none' THEN SESSION_USER::text
             ELSE pg_catalog.current_setting('role') END;
 
--- The tenant the caller is bound to (src/tenancy.rs), NULL when it sees every tenant: bound
--- when row-level security applies to it on eventstore.events (not a superuser, not
--- BYPASSRLS, no privileges of the table's owner). A bound session without eventstore.tenant is
--- refused (42501).
+-- The caller's binding (src/tenancy.rs): NULL when it sees every tenant; else the tenant it is
+-- bound to, '' when eventstore.tenant is not set. Bound: row-level security applies to it on
+-- eventstore.events (not a superuser, not BYPASSRLS, no privileges of the table's owner).
+-- PL/pgSQL, so that its statement is planned once per session.
+CREATE FUNCTION eventstore_sql.binding() RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (SELECT CASE WHEN r.rolsuper OR r.rolbypassrls OR pg_has_role(r.oid, c.relowner, 'USAGE')
+                        THEN NULL
+                        ELSE coalesce(current_setting('eventstore.tenant', true), '') END
+              FROM pg_roles r, pg_class c
+             WHERE r.rolname = eventstore_sql.caller() AND c.oid = 'eventstore.events'::regclass);
+END
+$$;
+
+-- The tenant the caller is bound to, NULL when it sees every tenant; a bound session without
+-- eventstore.tenant is refused (42501).
 CREATE FUNCTION eventstore_sql.caller_tenant() RETURNS text
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
-    role_name text := eventstore_sql.caller();
-    bound boolean;
-    tenant text;
+    tenant text := eventstore_sql.binding();
 BEGIN
-    SELECT NOT (r.rolsuper OR r.rolbypassrls OR pg_has_role(r.oid, c.relowner, 'USAGE'))
-      INTO bound
-      FROM pg_roles r, pg_class c
-     WHERE r.rolname = role_name AND c.oid = 'eventstore.events'::regclass;
-    IF NOT coalesce(bound, false) THEN
-        RETURN NULL;
-    END IF;
-    tenant := nullif(current_setting('eventstore.tenant', true), '');
-    IF tenant IS NULL THEN
+    IF tenant = '' THEN
         PERFORM eventstore_sql.refuse('42501', 'this session is not bound to a tenant',
-            format('Role "%s" is subject to tenant isolation and eventstore.tenant is not set.', role_name),
+            format('Role "%s" is subject to tenant isolation and eventstore.tenant is not set.',
+                eventstore_sql.caller()),
             'SET eventstore.tenant (or SET LOCAL, behind a transaction pooler) to the tenant''s '
             'instance_id; an operator role that must see every tenant needs BYPASSRLS.');
     END IF;
@@ -459,12 +464,15 @@ RETURN (revision IS NULL OR revision BETWEEN 1 AND 32767)
    AND (expected_sequence IS NULL OR expected_sequence >= 0)
    AND eventstore_sql.is_json_object(payload, 1048576)
    AND eventstore_sql.is_json_object(metadata, 65536)
-   AND coalesce(eventstore_sql.is_identifier(instance_id), false)
-   AND coalesce(eventstore_sql.is_identifier(aggregate_type), false)
-   AND coalesce(eventstore_sql.is_identifier(aggregate_id), false)
-   AND coalesce(eventstore_sql.is_identifier(event_type), false)
-   AND (creator IS NULL OR eventstore_sql.is_identifier(creator))
-   AND (owner IS NULL OR eventstore_sql.is_identifier(owner));
+   AND pg_catalog.octet_length(instance_id) BETWEEN 1 AND 512
+   AND pg_catalog.octet_length(aggregate_type) BETWEEN 1 AND 512
+   AND pg_catalog.octet_length(aggregate_id) BETWEEN 1 AND 512
+   AND pg_catalog.octet_length(event_type) BETWEEN 1 AND 512
+   AND (creator IS NULL OR pg_catalog.octet_length(creator) BETWEEN 1 AND 512)
+   AND (owner IS NULL OR pg_catalog.octet_length(owner) BETWEEN 1 AND 512)
+   -- One regular expression for the six names (concat skips NULLs).
+   AND pg_catalog.concat(instance_id, aggregate_type, aggregate_id, event_type, creator, owner)
+       OPERATOR(pg_catalog.!~) '[\x01-\x1f\x7f-\x9f]';
 
 -- Raises the native refusal of command n (its checks in the native order), if any.
 CREATE FUNCTION eventstore_sql.check_command(
@@ -971,8 +979,8 @@ BEGIN
     IF size IS NULL OR size = 0 OR size > 10000 THEN
         PERFORM eventstore_sql.check_batch_size(size);
     END IF;
-    tenant := eventstore_sql.caller_tenant();
     -- The whole batch at once; the slow paths below only name the first refusal.
+    tenant := eventstore_sql.binding();
     SELECT bool_and(coalesce(eventstore_sql.is_valid_command(u.revision, u.expected_sequence,
                         u.payload, u.metadata, u.instance_id, u.aggregate_type, u.aggregate_id,
                         u.event_type, u.creator, u.owner), false)) AS valid,
@@ -985,6 +993,9 @@ BEGIN
       FROM unnest(commands) u;
     IF NOT batch.valid THEN
         PERFORM eventstore_sql.check_commands(commands);
+    END IF;
+    IF tenant = '' THEN
+        PERFORM eventstore_sql.caller_tenant();
     END IF;
     IF batch.foreign_instance THEN
         SELECT u.ordinality AS n, u.instance_id INTO bad
@@ -1015,17 +1026,20 @@ BEGIN
         IF taken + batch.aggregates > 256 THEN
             PERFORM eventstore_sql.lock_for_push(commands);
         ELSE
-            PERFORM CASE WHEN k.exclusive THEN pg_advisory_xact_lock(k.key)
-                         ELSE pg_advisory_xact_lock_shared(k.key) END
-               FROM (SELECT 0 AS family, eventstore_sql.all_writers_key() AS key, false AS exclusive
-                     UNION
-                     SELECT 1, eventstore_sql.writer_key(u.instance_id), false FROM unnest(commands) u
-                     UNION
-                     SELECT 2, eventstore_sql.aggregate_key(u.instance_id, u.aggregate_type, u.aggregate_id), true
-                       FROM unnest(commands) u
-                     ORDER BY 1, 2 OFFSET 0) k;
-            PERFORM set_config('eventstore.sql_aggregate_locks',
-                this_transaction || '#' || (taken + batch.aggregates), true);
+            WITH locked AS (
+                SELECT CASE WHEN k.exclusive THEN pg_advisory_xact_lock(k.key)
+                            ELSE pg_advisory_xact_lock_shared(k.key) END
+                  FROM (SELECT 0 AS family, eventstore_sql.all_writers_key() AS key, false AS exclusive
+                        UNION
+                        SELECT 1, eventstore_sql.writer_key(u.instance_id), false FROM unnest(commands) u
+                        UNION
+                        SELECT 2, eventstore_sql.aggregate_key(u.instance_id, u.aggregate_type, u.aggregate_id), true
+                          FROM unnest(commands) u
+                        ORDER BY 1, 2 OFFSET 0) k)
+            SELECT set_config('eventstore.sql_aggregate_locks',
+                       this_transaction || '#' || (taken + batch.aggregates), true)
+              INTO marked
+              FROM (SELECT count(*) FROM locked) c;
         END IF;
     END IF;
 
