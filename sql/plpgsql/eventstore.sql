@@ -1474,7 +1474,8 @@ DECLARE
     partitions integer;
     horizon bigint;
     checkpoint bigint;
-    batch eventstore.events[];
+    batch_query text;
+    handed bigint;
     advanced_to bigint;
 BEGIN
     i := eventstore_sql.resolve(tenant, i, 'projection_catchup');
@@ -1510,26 +1511,32 @@ BEGIN
     IF horizon <= checkpoint THEN
         RETURN;
     END IF;
-    -- Built from fixed fragments only: no caller's string is ever part of the SQL text.
-    EXECUTE 'SELECT array_agg(x ORDER BY x.position) FROM ('
-        || CASE WHEN agg_types IS NULL
-                THEN 'SELECT e.* FROM eventstore.events e WHERE '
-                ELSE 'SELECT y.* FROM unnest($5) AS t(aggregate_type) CROSS JOIN LATERAL ('
-                     'SELECT e.* FROM eventstore.events e WHERE e.aggregate_type = t.aggregate_type AND ' END
+    -- Built from fixed fragments only: no caller's string is ever part of the SQL text. $1
+    -- checkpoint, $2 horizon, $3 batch size, $4 instance, $5 aggregate types, $6 event types.
+    batch_query := CASE WHEN agg_types IS NULL
+                        THEN 'SELECT %1$s FROM eventstore.events e WHERE '
+                        ELSE 'SELECT y.* FROM unnest($5) AS t(aggregate_type) CROSS JOIN LATERAL ('
+                             'SELECT %1$s FROM eventstore.events e WHERE e.aggregate_type = t.aggregate_type AND ' END
         || 'e.position > $1 AND e.position <= $2'
         || CASE WHEN i IS NULL THEN '' ELSE ' AND e.instance_id = $4' END
         || CASE WHEN ev_types IS NULL THEN '' ELSE ' AND e.event_type = ANY ($6)' END
         || ' ORDER BY e.position LIMIT $3'
-        || CASE WHEN agg_types IS NULL THEN '' ELSE ') y ORDER BY y.position LIMIT $3' END
-        || ') x'
-      INTO batch
+        || CASE WHEN agg_types IS NULL THEN '' ELSE ') y ORDER BY y.position LIMIT $3' END;
+    RETURN QUERY EXECUTE format(batch_query, 'e.*')
      USING checkpoint, horizon, batch_size, i, agg_types, ev_types;
-    advanced_to := CASE WHEN cardinality(batch) = batch_size THEN (batch[batch_size]).position ELSE horizon END;
+    GET DIAGNOSTICS handed = ROW_COUNT;
+    -- A full batch moves the checkpoint to its last event (read again, from the index alone),
+    -- else to the horizon, past what the filters skipped.
+    advanced_to := horizon;
+    IF handed = batch_size THEN
+        EXECUTE 'SELECT max(z.position) FROM (' || format(batch_query, 'e.position') || ') z'
+           INTO advanced_to
+          USING checkpoint, horizon, batch_size, i, agg_types, ev_types;
+    END IF;
     INSERT INTO eventstore.projection_states AS s (projection, instance_id, partition, checkpoint, updated_at)
     VALUES (p, i, 0, advanced_to, clock_timestamp())
     ON CONFLICT ON CONSTRAINT projection_states_key
     DO UPDATE SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at;
-    RETURN QUERY SELECT * FROM unnest(batch);
 END
 $$;
 COMMENT ON FUNCTION eventstore.projection_catchup(text, text, integer, text[], text[], boolean) IS
