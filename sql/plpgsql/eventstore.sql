@@ -1525,7 +1525,8 @@ BEGIN
     RETURN QUERY EXECUTE format(batch_query, 'e.*')
      USING checkpoint, horizon, batch_size, i, agg_types, ev_types;
     GET DIAGNOSTICS handed = ROW_COUNT;
-    -- A full batch moves the checkpoint to its last event (read again, from the index alone),
+    -- A full batch moves the checkpoint to its last event (read again, from the index alone:
+    -- the same rows, since every event at or below the horizon was settled before it was read),
     -- else to the horizon, past what the filters skipped.
     advanced_to := horizon;
     IF handed = batch_size THEN
