@@ -36,9 +36,27 @@ require_free_port() {
     fi
 }
 
+# The edition a scratch cluster gets: native (CREATE EXTENSION eventstore, the default) or sql
+# (EVENTSTORE_EDITION=sql: the SQL edition's script, EVENTSTORE_SQL_EDITION_SCRIPT, default
+# sql/plpgsql/eventstore.sql, run with psql -f; no native library needed).
+EVENTSTORE_EDITION=${EVENTSTORE_EDITION:-native}
+
+# install_edition PORT DATABASE: eventstore into an empty database, in the edition chosen above.
+install_edition() {
+    local port=$1 database=$2
+    if [ "$EVENTSTORE_EDITION" = sql ]; then
+        as_postgres "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 --single-transaction -h 127.0.0.1 \
+            -p "$port" -U postgres -d "$database" -f - \
+            < "${EVENTSTORE_SQL_EDITION_SCRIPT:-sql/plpgsql/eventstore.sql}" >/dev/null
+    else
+        as_postgres "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d "$database" \
+            -c "CREATE EXTENSION eventstore" >/dev/null
+    fi
+}
+
 # cluster_start NAME PORT [postgresql.conf lines...]: a fresh cluster, started, with the
-# database "eventstore" and the extension created in it. The port must be free (a caller may
-# set port_variable to the name of the variable that moves it, for the message).
+# database "eventstore" and eventstore installed in it (install_edition). The port must be
+# free (a caller may set port_variable to the name of the variable that moves it, for the message).
 cluster_start() {
     local name=$1 port=$2; shift 2
     local dir="$SCRATCH_ROOT/$name"
@@ -62,8 +80,7 @@ cluster_start() {
         "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
     as_postgres "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
         -c "CREATE DATABASE eventstore" >/dev/null
-    as_postgres "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d eventstore \
-        -c "CREATE EXTENSION eventstore" >/dev/null
+    install_edition "$port" eventstore
 }
 
 # cluster_stop NAME: stop the cluster if it runs (its files stay for a look afterwards).

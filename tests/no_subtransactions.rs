@@ -1,12 +1,12 @@
 //! G8, no subtransactions anywhere (DESIGN.md trap 9): proven twice.
 //!
-//! 1. Statically: the shipped SQL (`sql/*.sql`) and Rust (`src/**/*.rs`) contain no SAVEPOINT,
-//!    ROLLBACK TO, RELEASE, PL/pgSQL `EXCEPTION WHEN` handler, no call that opens or ends a
-//!    subtransaction (`BeginInternalSubTransaction`, ...), and no catch-and-continue of a
-//!    database error or panic (`PgTryBuilder`, `catch_unwind`, `FlushErrorState`, ...). The
-//!    scan reads code, not prose: comments and SQL string constants are skipped, PL/pgSQL
-//!    bodies (dollar-quoted) and SQL inside Rust string literals are read as SQL. `tests/` is
-//!    not scanned (the negative control below lives here).
+//! 1. Statically: the shipped SQL (`sql/**/*.sql`, the SQL edition included) and Rust
+//!    (`src/**/*.rs`) contain no SAVEPOINT, ROLLBACK TO, RELEASE, PL/pgSQL `EXCEPTION WHEN`
+//!    handler, no call that opens or ends a subtransaction (`BeginInternalSubTransaction`,
+//!    ...), and no catch-and-continue of a database error or panic (`PgTryBuilder`,
+//!    `catch_unwind`, `FlushErrorState`, ...). The scan reads code, not prose: comments and SQL
+//!    string constants are skipped, PL/pgSQL bodies (dollar-quoted) and SQL inside Rust string
+//!    literals are read as SQL. `tests/` is not scanned (the negative control below lives here).
 //! 2. At run time: one transaction goes through every push and catch-up path — first and
 //!    later checkpoints, a nested and a global catch-up, a busy projection (false, zero rows),
 //!    the barrier, a push that waits for a concurrent push to the same aggregate, both push
@@ -355,10 +355,11 @@ fn files(dir: &Path, extension: &str, recursive: bool) -> Vec<PathBuf> {
 #[test]
 fn shipped_sql_and_rust_open_no_subtransaction_and_catch_no_error() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let sql = files(&root.join("sql"), "sql", false);
+    let sql = files(&root.join("sql"), "sql", true);
     let rust = files(&root.join("src"), "rs", true);
     let name = |p: &Path| p.strip_prefix(root).unwrap().display().to_string();
     assert!(sql.iter().any(|p| p.ends_with("sql/eventstore.sql")), "the schema is scanned: {sql:?}");
+    assert!(sql.iter().any(|p| p.ends_with("sql/plpgsql/eventstore.sql")), "the SQL edition is scanned: {sql:?}");
     assert!(rust.iter().any(|p| p.ends_with("src/push/mod.rs")) && rust.iter().any(|p| p.ends_with("src/catchup/mod.rs")),
         "the native code is scanned: {rust:?}");
     let mut findings = Vec::new();

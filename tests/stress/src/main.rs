@@ -35,8 +35,8 @@ use load::{Outcome, Push};
 use trace::{Clock, FaultLog};
 use workers::WorkerReport;
 
-const USAGE: &str = "usage: eventstore-stress [--seconds N] [--unsafe] [--restarts] [--partitions] [--port P] \
-[--data-dir DIR] [--pg-bin DIR] [--writers N] [--workers N] [--seed N]";
+const USAGE: &str = "usage: eventstore-stress [--seconds N] [--unsafe] [--restarts] [--partitions] \
+[--read-committed] [--port P] [--data-dir DIR] [--pg-bin DIR] [--writers N] [--workers N] [--seed N]";
 
 pub struct Options {
     pub seconds: u64,
@@ -46,6 +46,8 @@ pub struct Options {
     pub restarts: bool,
     /// Add partitioned projections, resized while the load runs.
     pub partitions: bool,
+    /// Workers catch up under READ COMMITTED only (the SQL edition refuses REPEATABLE READ).
+    pub read_committed: bool,
     pub port: u16,
     /// The cluster's data directory, for pg_ctl.
     pub data_dir: PathBuf,
@@ -62,6 +64,7 @@ impl Options {
             unsafe_mode: false,
             restarts: false,
             partitions: false,
+            read_committed: false,
             port: std::env::var("EVENTSTORE_STRESS_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5483),
             data_dir: PathBuf::from("/var/tmp/eventstore/stress"),
             pg_bin: PathBuf::from("/usr/lib/postgresql/15/bin"),
@@ -78,6 +81,7 @@ impl Options {
                 "--unsafe" => options.unsafe_mode = true,
                 "--restarts" => options.restarts = true,
                 "--partitions" => options.partitions = true,
+                "--read-committed" => options.read_committed = true,
                 "--port" => options.port = number(value()?)? as u16,
                 "--data-dir" => options.data_dir = PathBuf::from(value()?),
                 "--pg-bin" => options.pg_bin = PathBuf::from(value()?),

@@ -329,7 +329,8 @@ impl<'r> Worker<'r> {
     /// was busy or up to date, or the transaction failed before fetching).
     fn transaction(&mut self, target: usize, pace: &Pace) -> Result<usize, String> {
         let batch_size = *self.rng.pick(pace.batch_sizes);
-        let begin = if self.rng.chance(pace.repeatable_read_percent) {
+        let repeatable_read = self.rng.chance(pace.repeatable_read_percent);
+        let begin = if repeatable_read && !self.run.options.read_committed {
             "BEGIN ISOLATION LEVEL REPEATABLE READ"
         } else {
             "BEGIN"
