@@ -247,10 +247,19 @@ const TIMEOUTS_BEFORE_GIVING_UP: usize = 5;
 const P99_BOUND: Duration = Duration::from_millis(200);
 
 /// One writer's part in a round: `hold` opens its transaction (and may let `other` commit an
-/// event meanwhile); `end` (COMMIT or ROLLBACK) must then wake the waiter.
+/// event meanwhile); `end` (a COMMIT or ROLLBACK, or a whole autocommit push) must then wake the
+/// waiter.
 struct Round {
     hold: fn(holder: &mut Client, other: &mut Client, tenant: &str),
-    end: &'static str,
+    end: fn(holder: &mut Client, tenant: &str),
+}
+
+fn commit(holder: &mut Client, _: &str) {
+    holder.batch_execute("COMMIT").unwrap();
+}
+
+fn rollback(holder: &mut Client, _: &str) {
+    holder.batch_execute("ROLLBACK").unwrap();
 }
 
 /// Runs [`ROUNDS`] rounds of: a caught-up waiter of projection `p` sleeps in wait_for_events
@@ -288,7 +297,7 @@ fn assert_every_waiter_wakes_promptly(p: &str, round: Round) {
             }
         }
         let ending = Instant::now();
-        holder.batch_execute(round.end).unwrap();
+        (round.end)(&mut holder, &t);
         let (client, timed_out, returned) = sleeper.join().unwrap();
         waiter = Some(client);
         if !timed_out {
@@ -318,7 +327,20 @@ fn a_commit_wakes_a_waiter_of_its_instance_within_milliseconds_every_time() {
             holder.batch_execute("BEGIN").unwrap();
             push_one(holder, t, "a", "new");
         },
-        end: "COMMIT",
+        end: commit,
+    });
+}
+
+/// A push in autocommit over the extended protocol (how drivers send a query with parameters):
+/// its transaction commits at the protocol's Sync, while the statement's portal still owns the
+/// floor lock; the floor must still be gone before the waiter is woken.
+#[test]
+fn an_autocommit_push_over_the_extended_protocol_wakes_a_waiter_of_its_instance_every_time() {
+    assert_every_waiter_wakes_promptly("wake-autocommit", Round {
+        hold: |_, _, _| {},
+        end: |holder, t| {
+            push_one(holder, t, "a", "new");
+        },
     });
 }
 
@@ -330,7 +352,7 @@ fn a_lock_writer_only_transaction_that_held_the_horizon_back_wakes_the_waiter_wh
             holder.execute("SELECT eventstore.lock_writer($1)", &[&t]).unwrap();
             push_one(other, t, "a", "behind the held writer");
         },
-        end: "COMMIT",
+        end: commit,
     });
 }
 
@@ -342,7 +364,7 @@ fn a_rolled_back_push_that_held_the_horizon_back_wakes_the_waiter() {
             push_one(holder, t, "held", "rolled back");
             push_one(other, t, "a", "behind the held writer");
         },
-        end: "ROLLBACK",
+        end: rollback,
     });
 }
 
