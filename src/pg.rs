@@ -5,7 +5,7 @@
 //! 17 renamed backend ids to proc numbers (`MyBackendId`, counted from 1, became
 //! `MyProcNumber`, counted from 0; `BackendIdGetProc` became `ProcNumberGetProc`; PGPROC's
 //! `lxid` moved into its `vxid`) and gave `LockHeldByMe` a third argument; 18 moved a tuple descriptor's attributes behind
-//! `TupleDescAttr`.
+//! `TupleDescAttr` and gave `index_beginscan` an instrumentation argument.
 
 use pgrx::pg_sys;
 
@@ -144,3 +144,26 @@ pub fn local_transaction_id() -> u32 {
     // SAFETY: MyProc is this backend's own PGPROC, valid while the backend runs.
     unsafe { (*pg_sys::MyProc).vxid.lxid }
 }
+
+/// Starts an index scan of `index` over `heap` with `keys` scan keys and no ordering operator.
+///
+/// # Safety
+/// Both relations must be open and locked, `snapshot` valid for the scan's life.
+#[cfg(not(feature = "pg18"))]
+pub unsafe fn index_beginscan(heap: pg_sys::Relation, index: pg_sys::Relation, snapshot: pg_sys::Snapshot,
+    keys: i32) -> pg_sys::IndexScanDesc {
+    // SAFETY: by the caller's promise.
+    unsafe { pg_sys::index_beginscan(heap, index, snapshot, keys, 0) }
+}
+
+/// As above, from 18 on (which takes an instrumentation pointer, NULL for none).
+///
+/// # Safety
+/// As above.
+#[cfg(feature = "pg18")]
+pub unsafe fn index_beginscan(heap: pg_sys::Relation, index: pg_sys::Relation, snapshot: pg_sys::Snapshot,
+    keys: i32) -> pg_sys::IndexScanDesc {
+    // SAFETY: by the caller's promise.
+    unsafe { pg_sys::index_beginscan(heap, index, snapshot, std::ptr::null_mut(), keys, 0) }
+}
+
