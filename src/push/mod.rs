@@ -16,6 +16,7 @@ use pgrx::prelude::*;
 use pgrx::AnyArray;
 
 mod commands;
+mod native;
 
 use crate::checks::require_identifier;
 use crate::errors;
@@ -353,9 +354,13 @@ const INSERT_MANY_EXTENDED: &str = insert_many_extended!();
 const INSERT_ONE_WITH_ID: &str = concat!(insert_one_extended!(), on_conflict!());
 const INSERT_MANY_WITH_IDS: &str = concat!(insert_many_extended!(), on_conflict!());
 
-/// One set-based INSERT for the whole batch (G1). Pushes without ids and metadata use the
-/// statements that never mention them.
+/// The whole batch in one go (G1): natively when the push carries no event id and the table
+/// allows it (src/push/native.rs), else one set-based INSERT. Pushes without ids and metadata
+/// use the statements that never mention them.
 fn insert(rows: &[PendingRow], created_at: pg_sys::TimestampTz, default_creator: &str, carries_ids: bool) {
+    if !carries_ids && native::insert(rows, created_at, default_creator) {
+        return;
+    }
     let creator = |r: &PendingRow| r.command.creator.clone().unwrap_or_else(|| default_creator.to_string());
     let created_at = Arg::new(timestamptz(created_at));
     let extended = carries_ids || rows.iter().any(|r| r.command.metadata.is_some());
