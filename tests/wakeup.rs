@@ -130,6 +130,63 @@ fn a_push_undone_by_rollback_to_savepoint_is_not_notified() {
         "a transaction whose only push was undone notifies no one");
 }
 
+/// Issue 15: with eventstore.notify on, a LISTENer hears of a commit within 50 ms. 100 rounds
+/// of a single-event push committed by a notifying writer, the listener in a thread of its own:
+/// the time from just before the writer's COMMIT to the listener's receipt of that commit's
+/// notification. Every round must be heard (within 2 s); the 99th percentile must be under
+/// 50 ms. Prints the percentiles (README "Performance").
+#[test]
+fn with_notify_on_a_listener_hears_of_a_commit_within_50_ms() {
+    const NOTIFY_ROUNDS: usize = 100;
+    let t = tenant("notify-latency");
+    let (mut listener, mut writer) = listener_and_notifying_writer();
+    let (heard_tx, heard) = std::sync::mpsc::channel::<(i64, Instant)>();
+    let listening = thread::spawn(move || {
+        let mut n = listener.notifications();
+        let mut iter = n.timeout_iter(Duration::from_secs(2));
+        while let Some(note) = iter.next().unwrap() {
+            let received = Instant::now();
+            let position = serde_json::from_str::<serde_json::Value>(note.payload()).unwrap()["position"]
+                .as_i64().unwrap_or(-1);
+            if heard_tx.send((position, received)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut latencies = Vec::new();
+    let mut unheard = 0;
+    for round in 0..NOTIFY_ROUNDS {
+        let mut tx = writer.transaction().unwrap();
+        let position = push_one(&mut tx, &t, &format!("a{}", round % 7), "e").1;
+        let committing = Instant::now();
+        tx.commit().unwrap();
+        let deadline = committing + Duration::from_secs(2);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match heard.recv_timeout(left) {
+                Ok((p, received)) if p == position => {
+                    latencies.push(received.saturating_duration_since(committing));
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    unheard += 1;
+                    break;
+                }
+            }
+        }
+    }
+    drop(heard);
+    listening.join().unwrap();
+    latencies.sort();
+    let percentile = |q: f64| latencies.get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
+    let summary = format!("NOTIFY latency, commit to LISTENer, {NOTIFY_ROUNDS} rounds: {unheard} unheard; \
+        p50 {:?}, p99 {:?}, max {:?}", percentile(0.5), percentile(0.99), latencies.last());
+    println!("{summary}");
+    assert_eq!(unheard, 0, "{summary}");
+    assert!(percentile(0.99).unwrap() < Duration::from_millis(50), "{summary}");
+}
+
 /// A new tenant with one event, and a connection on which projection `p` of that tenant has
 /// caught up to it: a wait then starts with nothing new.
 fn caught_up(p: &str) -> (Client, String) {
