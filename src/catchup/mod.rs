@@ -105,7 +105,7 @@ pub unsafe extern "C-unwind" fn projection_catchup_batch(fcinfo: pg_sys::Functio
                 let mut horizon = Horizon::new(request.instance_id);
                 let definition = partitions::Definition::read(request.projection, request.instance_id);
                 partitions::refuse_partitioned(request.projection, &definition);
-                hand_out(&request, 0, &mut horizon, false, query::Sink::of(result));
+                hand_out(&request, 0, &mut horizon, false, query::Sink::of(result), Some(definition));
             }));
         }
         pg_sys::Datum::from(0usize)
@@ -163,9 +163,12 @@ enum Handed {
 /// full, else to the horizon (or the end of the partition's layout), past events the filters
 /// or the partitioning skipped. `partition_column`: each row starts with the partition number.
 /// The batch goes straight into `sink`, the call's result, as the executor reads it; nothing
-/// else is ever put there, so a partition that has nothing leaves it empty.
-fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_column: bool, sink: query::Sink) -> Handed {
-    let definition = partitions::Definition::read(request.projection, request.instance_id);
+/// else is ever put there, so a partition that has nothing leaves it empty. `definition`: the
+/// projection's, when the caller read it with the partition's lock held; else read here.
+fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_column: bool, sink: query::Sink,
+    definition: Option<partitions::Definition>) -> Handed {
+    let definition = definition
+        .unwrap_or_else(|| partitions::Definition::read(request.projection, request.instance_id));
     let poison = schema_has_partitions();
     if let Some(retried) = poison.then(|| poison::due_retries(request, partition, partition_column)).flatten() {
         retried.put_all(sink.store, sink.desc);

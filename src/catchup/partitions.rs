@@ -188,7 +188,7 @@ fn first_free_batch(request: &Request, wait: bool, sink: query::Sink) {
             continue;
         }
         any_free = true;
-        match hand_out(request, partition, &mut horizon, true, sink) {
+        match hand_out(request, partition, &mut horizon, true, sink, None) {
             Handed::Rows => return,
             Handed::Moved => {}
             Handed::Nothing => locks::unlock_partition(request.projection, request.instance_id, partition),
@@ -196,7 +196,7 @@ fn first_free_batch(request: &Request, wait: bool, sink: query::Sink) {
     }
     if wait && !any_free {
         locks::lock_partition(request.projection, request.instance_id, first, true);
-        hand_out(request, first, &mut horizon, true, sink);
+        hand_out(request, first, &mut horizon, true, sink, None);
     }
 }
 
