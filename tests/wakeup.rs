@@ -401,6 +401,24 @@ fn an_autocommit_push_over_the_extended_protocol_wakes_a_waiter_of_its_instance_
     });
 }
 
+/// The same push sends the client no notice: the commit callback releases the floor as the
+/// transaction that owns it (it used to ask as the wrong owner, and every such push got
+/// "WARNING: you don't own a lock of type ShareLock").
+#[test]
+fn an_autocommit_push_over_the_extended_protocol_sends_no_warning() {
+    let t = tenant("autocommit-notices");
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = notices.clone();
+    let mut config: postgres::Config = common::url().parse().unwrap();
+    config.notice_callback(move |notice| seen.lock().unwrap().push(notice.message().to_string()));
+    let mut writer = config.connect(postgres::NoTls).unwrap();
+    for aggregate in ["a", "b", "a"] {
+        push_one(&mut writer, &t, aggregate, "e");
+    }
+    writer.execute("SELECT eventstore.lock_writer($1)", &[&t]).unwrap();
+    assert_eq!(*notices.lock().unwrap(), Vec::<String>::new());
+}
+
 #[test]
 fn a_lock_writer_only_transaction_that_held_the_horizon_back_wakes_the_waiter_when_it_commits() {
     assert_every_waiter_wakes_promptly("wake-lock-writer", Round {
