@@ -169,8 +169,9 @@ fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_
     definition: Option<partitions::Definition>) -> Handed {
     let definition = definition
         .unwrap_or_else(|| partitions::Definition::read(request.projection, request.instance_id));
-    let poison = schema_has_partitions();
-    if let Some(retried) = poison.then(|| poison::due_retries(request, partition, partition_column)).flatten() {
+    let recorded = schema_has_partitions().then(|| poison::recorded(request, partition));
+    let (retries, failed, mut parked) = recorded.map_or((false, false, false), |r| (r.retries, r.failed, r.parked));
+    if let Some(retried) = retries.then(|| poison::due_retries(request, partition, partition_column)).flatten() {
         retried.put_all(sink.store, sink.desc);
         return Handed::Rows;
     }
@@ -186,12 +187,13 @@ fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_
     // A recorded failure (G13): the events before the failing one as usual, then the failing
     // one alone, and after max_attempts, parked and passed. Events before it in other
     // partitions or filtered out are passed at once, so that zero rows still means nothing.
-    if let Some(failure) = poison.then(|| poison::failure(request, partition, checkpoint)).flatten() {
+    if let Some(failure) = failed.then(|| poison::failure(request, partition, checkpoint)).flatten() {
         if failure.position - 1 > checkpoint
             && has_events(request, &layout, partition, checkpoint, failure.position - 1) {
             upto = upto.min(failure.position - 1);
         } else if failure.attempts >= definition.max_attempts && failure.position <= upto {
             poison::park(request, partition);
+            parked = true;
             checkpoint = failure.position;
             if upto <= checkpoint {
                 write_checkpoint(request, partition, checkpoint);
@@ -207,7 +209,7 @@ fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_
         request,
         partitioned: layout.partitions > 1,
         partition_column,
-        held: poison && definition.hold_aggregate && poison::has_parked(request),
+        held: parked && definition.hold_aggregate,
     };
     let args = |upto: i64| [
         Arg::new(checkpoint),
