@@ -96,7 +96,7 @@ unsafe fn plain_columns(relation: pg_sys::Relation) -> Option<Vec<Option<usize>>
         let refused = !(*relation).trigdesc.is_null()
             || !(*relation).rd_rules.is_null()
             || (*form).relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char
-            || (*form).relam != pg_sys::Oid::from(pg_sys::HEAP_TABLE_AM_OID)
+            || (*form).relam != pg_sys::HEAP_TABLE_AM_OID
             || (*form).relforcerowsecurity
             || (!constraints.is_null() && ((*constraints).num_check > 0 || (*constraints).has_generated_stored));
         if refused {
