@@ -192,9 +192,34 @@ pub fn held_by_me(key: LockKey, mode: pg_sys::LOCKMODE) -> bool {
 }
 
 /// Takes `key` shared until the transaction ends (a floor: nobody ever holds it exclusively, so
-/// this never waits).
-pub fn acquire_shared(key: LockKey) {
-    acquire(key, SHARED);
+/// this never waits), owned by the transaction itself: see [`release_for_transaction`].
+pub fn acquire_shared_for_transaction(key: LockKey) {
+    as_top_transaction(|| acquire(key, SHARED));
+}
+
+/// Releases one hold of `key` in `mode` taken with [`acquire_shared_for_transaction`]. Such a lock
+/// belongs to the top transaction's resource owner, not to the statement's portal or a
+/// subtransaction, so this works from the transaction callbacks: a statement sent with the
+/// extended protocol in autocommit (how drivers send a query with parameters) commits at the
+/// protocol's Sync while its portal still owns what it locked, and a release asked for in the
+/// name of the top transaction would fail there ("you don't own a lock", a WARNING to the
+/// client) and leave the lock to PostgreSQL's own release, after the callbacks.
+pub fn release_for_transaction(key: LockKey, mode: pg_sys::LOCKMODE) {
+    as_top_transaction(|| release(key, mode));
+}
+
+/// Runs `f` with the top transaction's resource owner as the current one.
+fn as_top_transaction<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: we are inside a transaction (or in its end callbacks, which run before its
+    // resource owner is released), so TopTransactionResourceOwner is valid; the current owner is
+    // restored before returning (an error aborts the transaction, which resets it).
+    unsafe {
+        let saved = pg_sys::CurrentResourceOwner;
+        pg_sys::CurrentResourceOwner = pg_sys::TopTransactionResourceOwner;
+        let result = f();
+        pg_sys::CurrentResourceOwner = saved;
+        result
+    }
 }
 
 /// One of our keys held by a transaction, as the lock table reports it.

@@ -5,7 +5,8 @@
 //! 17 renamed backend ids to proc numbers (`MyBackendId`, counted from 1, became
 //! `MyProcNumber`, counted from 0; `BackendIdGetProc` became `ProcNumberGetProc`; PGPROC's
 //! `lxid` moved into its `vxid`) and gave `LockHeldByMe` a third argument; 18 moved a tuple descriptor's attributes behind
-//! `TupleDescAttr`.
+//! `TupleDescAttr` and gave `index_beginscan` an instrumentation argument; 16 gave
+//! `ExecInsertIndexTuples` an `onlySummarizing` argument.
 
 use pgrx::pg_sys;
 
@@ -143,4 +144,51 @@ pub fn local_transaction_id() -> u32 {
 pub fn local_transaction_id() -> u32 {
     // SAFETY: MyProc is this backend's own PGPROC, valid while the backend runs.
     unsafe { (*pg_sys::MyProc).vxid.lxid }
+}
+
+/// Starts an index scan of `index` over `heap` with `keys` scan keys and no ordering operator.
+///
+/// # Safety
+/// Both relations must be open and locked, `snapshot` valid for the scan's life.
+#[cfg(not(feature = "pg18"))]
+pub unsafe fn index_beginscan(heap: pg_sys::Relation, index: pg_sys::Relation, snapshot: pg_sys::Snapshot,
+    keys: i32) -> pg_sys::IndexScanDesc {
+    // SAFETY: by the caller's promise.
+    unsafe { pg_sys::index_beginscan(heap, index, snapshot, keys, 0) }
+}
+
+/// As above, from 18 on (which takes an instrumentation pointer, NULL for none).
+///
+/// # Safety
+/// As above.
+#[cfg(feature = "pg18")]
+pub unsafe fn index_beginscan(heap: pg_sys::Relation, index: pg_sys::Relation, snapshot: pg_sys::Snapshot,
+    keys: i32) -> pg_sys::IndexScanDesc {
+    // SAFETY: by the caller's promise.
+    unsafe { pg_sys::index_beginscan(heap, index, snapshot, std::ptr::null_mut(), keys, 0) }
+}
+
+/// Inserts the index entries of the heap row in `slot` (its tid set) into every index of
+/// `result`'s relation, unique ones checked as an INSERT checks them; returns the list
+/// PostgreSQL gives back (recheck indexes, empty without deferred constraints).
+///
+/// # Safety
+/// `result` has its indexes open (ExecOpenIndices); `slot` holds a row just inserted into its
+/// relation; `estate` is an executor state for the call.
+#[cfg(feature = "pg15")]
+pub unsafe fn insert_index_entries(result: *mut pg_sys::ResultRelInfo, slot: *mut pg_sys::TupleTableSlot,
+    estate: *mut pg_sys::EState) -> *mut pg_sys::List {
+    // SAFETY: by the caller's promise.
+    unsafe { pg_sys::ExecInsertIndexTuples(result, slot, estate, false, false, std::ptr::null_mut(), std::ptr::null_mut()) }
+}
+
+/// As above, from 16 on (which asks whether only summarizing indexes are to be updated: no).
+///
+/// # Safety
+/// As above.
+#[cfg(not(feature = "pg15"))]
+pub unsafe fn insert_index_entries(result: *mut pg_sys::ResultRelInfo, slot: *mut pg_sys::TupleTableSlot,
+    estate: *mut pg_sys::EState) -> *mut pg_sys::List {
+    // SAFETY: by the caller's promise.
+    unsafe { pg_sys::ExecInsertIndexTuples(result, slot, estate, false, false, std::ptr::null_mut(), std::ptr::null_mut(), false) }
 }

@@ -5,15 +5,18 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::query::{self, Snapshot};
+use crate::query;
 
-const LAST_POSITION: &str =
-    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM eventstore.position_seq";
-
-/// The last position drawn by anyone, committed or not (0 before the first push). Must be
-/// called inside an SPI connection.
+/// The last position drawn by anyone, committed or not (0 before the first push): the
+/// sequence's tuple read natively (`pg_sequence_last_value`, under its buffer lock, as nextval
+/// writes it), no statement. The caller must be allowed to read the sequence (the owner: see
+/// tenancy::as_owner).
 pub fn last_position() -> i64 {
-    query::run(LAST_POSITION, &[], Snapshot::Statement).get::<i64>(0, 1).unwrap_or(0)
+    let sequence = query::relation(c"position_seq");
+    // SAFETY: pg_sequence_last_value takes one oid argument and returns an int8, or NULL before
+    // the first nextval; the sequence exists (relation() asserted it).
+    unsafe { pgrx::direct_function_call::<i64>(pg_sys::pg_sequence_last_value, &[sequence.into_datum()]) }
+        .unwrap_or(0)
 }
 
 /// The sequence's oid, with nextval's lock on it taken now: a position may be drawn under the

@@ -209,6 +209,172 @@ pub fn run(sql: &str, args: &[Arg], snapshot: Snapshot) -> Rows {
     unsafe { Rows { table: pg_sys::SPI_tuptable, count: pg_sys::SPI_processed as usize } }
 }
 
+extern "C-unwind" {
+    /// executor/tstoreReceiver.h (the same from 14 to 18); not in pgrx's bindings.
+    fn SetTuplestoreDestReceiverParams(receiver: *mut pg_sys::DestReceiver, store: *mut pg_sys::Tuplestorestate,
+        context: pg_sys::MemoryContext, detoast: bool, target: pg_sys::TupleDesc,
+        map_failure_message: *const std::ffi::c_char);
+}
+
+/// A set-returning function's materialized result: the tuplestore and its descriptor, as
+/// `InitMaterializedSRF` set them up.
+#[derive(Clone, Copy)]
+pub struct Sink {
+    pub store: *mut pg_sys::Tuplestorestate,
+    pub desc: pg_sys::TupleDesc,
+}
+
+impl Sink {
+    /// The sink of a function call set up with `InitMaterializedSRF`.
+    ///
+    /// # Safety
+    /// `result` is that call's ReturnSetInfo, after InitMaterializedSRF.
+    pub unsafe fn of(result: *const pg_sys::ReturnSetInfo) -> Sink {
+        // SAFETY: by the caller's promise.
+        unsafe { Sink { store: (*result).setResult, desc: (*result).setDesc } }
+    }
+
+    /// The number (from 1) of the column named `name` among the live (not dropped) columns: its
+    /// number in a statement whose columns match the sink's by position.
+    pub fn live_column(&self, name: &std::ffi::CStr) -> i32 {
+        // SAFETY: desc is the result's descriptor, alive for the call.
+        let attributes = unsafe { crate::pg::tuple_desc_attrs(self.desc) };
+        let live = attributes.iter().filter(|a| !a.attisdropped);
+        let position = live.map(|a| {
+            // SAFETY: attname is a NUL-terminated NameData.
+            unsafe { std::ffi::CStr::from_ptr(a.attname.data.as_ptr()) }
+        }).position(|n| n == name).unwrap_or_else(|| panic!("no column {name:?} in the result"));
+        position as i32 + 1
+    }
+}
+
+/// What [`run_into`] wrote: the number of rows, and the values of the integer column it was
+/// asked to watch in the first and the last row.
+pub struct Written {
+    pub count: usize,
+    pub first: Option<i64>,
+    pub last: Option<i64>,
+}
+
+/// A DestReceiver that passes each row on to PostgreSQL's tuplestore receiver and notes one
+/// bigint column of the first and the last row. `base` comes first, so PostgreSQL may use a
+/// pointer to this as a `DestReceiver *`.
+#[repr(C)]
+struct Watching {
+    base: pg_sys::DestReceiver,
+    inner: *mut pg_sys::DestReceiver,
+    column: i32,
+    count: usize,
+    first: Option<i64>,
+    last: Option<i64>,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn watching_receive(slot: *mut pg_sys::TupleTableSlot, this: *mut pg_sys::DestReceiver) -> bool {
+    // SAFETY: `this` is the Watching run_into made (its first field is the DestReceiver); slot is
+    // the executor's current row, with at least `column` attributes (the caller's promise).
+    unsafe {
+        let watching = &mut *(this as *mut Watching);
+        let mut is_null = false;
+        let value = pg_sys::slot_getattr(slot, watching.column, &mut is_null);
+        let value = (!is_null).then(|| value.value() as i64);
+        watching.count += 1;
+        if watching.first.is_none() {
+            watching.first = value;
+        }
+        watching.last = value;
+        let inner = watching.inner;
+        (*inner).receiveSlot.expect("tuplestore receiver")(slot, inner)
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn watching_startup(this: *mut pg_sys::DestReceiver, operation: i32, desc: pg_sys::TupleDesc) {
+    // SAFETY: as in watching_receive.
+    unsafe {
+        let inner = (*(this as *mut Watching)).inner;
+        (*inner).rStartup.expect("tuplestore receiver")(inner, operation, desc)
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn watching_shutdown(this: *mut pg_sys::DestReceiver) {
+    // SAFETY: as in watching_receive.
+    unsafe {
+        let inner = (*(this as *mut Watching)).inner;
+        (*inner).rShutdown.expect("tuplestore receiver")(inner)
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn watching_destroy(_this: *mut pg_sys::DestReceiver) {}
+
+/// Runs `sql` (planned once per backend, a query) under `snapshot` and appends its rows
+/// straight to `sink` as the executor produces them: no SPI tuple table, no copy of each value,
+/// one tuple formed per row by the tuplestore. The statement's columns must match the sink's
+/// live columns by position (a dropped column of the sink's row type is skipped, as PL/pgSQL's
+/// RETURN QUERY does). Notes bigint column `watched` (from 1) of the first and last row. Must be
+/// called inside [`with_spi`].
+pub fn run_into(sql: &str, args: &[Arg], snapshot: Snapshot, sink: Sink, watched: i32) -> Written {
+    let plan = plan_for(sql, args);
+    // SAFETY: the parameter list has one entry per planned argument; the tuplestore receiver is
+    // PostgreSQL's, set up for the sink's store and descriptor (the store keeps rows in its own
+    // memory context; the current one only holds the receiver's workspace for this call); the
+    // snapshot pushed is popped on every path that returns (an error unwinds the transaction's
+    // snapshot stack).
+    unsafe {
+        let params = pg_sys::makeParamList(args.len() as i32);
+        let entries = (*params).params.as_mut_slice(args.len());
+        for (entry, arg) in entries.iter_mut().zip(args) {
+            entry.value = arg.value.unwrap_or(pg_sys::Datum::from(0usize));
+            entry.isnull = arg.value.is_none();
+            entry.pflags = pg_sys::PARAM_FLAG_CONST as u16;
+            entry.ptype = arg.type_oid;
+        }
+        let inner = pg_sys::CreateDestReceiver(pg_sys::CommandDest::DestTuplestore);
+        SetTuplestoreDestReceiverParams(inner, sink.store, pg_sys::CurrentMemoryContext, false,
+            sink.desc, c"the batch's columns do not match the result type".as_ptr());
+        let mut watching = Watching {
+            base: pg_sys::DestReceiver {
+                receiveSlot: Some(watching_receive),
+                rStartup: Some(watching_startup),
+                rShutdown: Some(watching_shutdown),
+                rDestroy: Some(watching_destroy),
+                mydest: pg_sys::CommandDest::DestTuplestore,
+            },
+            inner,
+            column: watched,
+            count: 0,
+            first: None,
+            last: None,
+        };
+        let mut options: pg_sys::SPIExecuteOptions = std::mem::zeroed();
+        options.params = params;
+        // read_only: SPI runs the plan under the active snapshot, the one pushed here.
+        options.read_only = true;
+        options.dest = &raw mut watching.base;
+        let pushed = match snapshot {
+            // The mutant reads with the statement's snapshot, taken before any lock wait (trap 4).
+            Snapshot::Latest | Snapshot::CommittedNow if crate::mutants::STALE_SNAPSHOT => false,
+            Snapshot::Latest => {
+                pg_sys::CommandCounterIncrement();
+                pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
+                true
+            }
+            Snapshot::CommittedNow | Snapshot::Statement => {
+                panic!("run_into reads under Snapshot::Latest only")
+            }
+        };
+        let status = pg_sys::SPI_execute_plan_extended(plan, &options);
+        if pushed {
+            pg_sys::PopActiveSnapshot();
+        }
+        assert!(status >= 0, "SPI failed with status {status} for: {sql}");
+        pg_sys::pfree(inner.cast());
+        Written { count: watching.count, first: watching.first, last: watching.last }
+    }
+}
+
 fn plan_for(sql: &str, args: &[Arg]) -> pg_sys::SPIPlanPtr {
     if let Some(plan) = PLANS.with(|plans| plans.borrow().get(sql).copied()) {
         return plan;

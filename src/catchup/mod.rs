@@ -105,9 +105,7 @@ pub unsafe extern "C-unwind" fn projection_catchup_batch(fcinfo: pg_sys::Functio
                 let mut horizon = Horizon::new(request.instance_id);
                 let definition = partitions::Definition::read(request.projection, request.instance_id);
                 partitions::refuse_partitioned(request.projection, &definition);
-                if let Handed::Rows(batch) = hand_out(&request, 0, &mut horizon, false) {
-                    batch.put_all((*result).setResult, (*result).setDesc);
-                }
+                hand_out(&request, 0, &mut horizon, false, query::Sink::of(result), Some(definition));
             }));
         }
         pg_sys::Datum::from(0usize)
@@ -151,8 +149,8 @@ impl<'a> Horizon<'a> {
 
 /// What one partition had for the caller.
 enum Handed {
-    /// A batch; the checkpoint moved past it.
-    Rows(query::Rows),
+    /// A batch, put into the result; the checkpoint moved past it.
+    Rows,
     /// No event for the caller, but the checkpoint moved past other partitions' (or filtered)
     /// events: the write must commit with the caller's transaction, so the lock stays held.
     Moved,
@@ -164,11 +162,18 @@ enum Handed {
 /// holds, and the checkpoint advanced (G5): to the last event handed out when the batch is
 /// full, else to the horizon (or the end of the partition's layout), past events the filters
 /// or the partitioning skipped. `partition_column`: each row starts with the partition number.
-fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_column: bool) -> Handed {
-    let definition = partitions::Definition::read(request.projection, request.instance_id);
-    let poison = schema_has_partitions();
-    if let Some(retried) = poison.then(|| poison::due_retries(request, partition, partition_column)).flatten() {
-        return Handed::Rows(retried);
+/// The batch goes straight into `sink`, the call's result, as the executor reads it; nothing
+/// else is ever put there, so a partition that has nothing leaves it empty. `definition`: the
+/// projection's, when the caller read it with the partition's lock held; else read here.
+fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_column: bool, sink: query::Sink,
+    definition: Option<partitions::Definition>) -> Handed {
+    let definition = definition
+        .unwrap_or_else(|| partitions::Definition::read(request.projection, request.instance_id));
+    let recorded = schema_has_partitions().then(|| poison::recorded(request, partition));
+    let (retries, failed, mut parked) = recorded.map_or((false, false, false), |r| (r.retries, r.failed, r.parked));
+    if let Some(retried) = retries.then(|| poison::due_retries(request, partition, partition_column)).flatten() {
+        retried.put_all(sink.store, sink.desc);
+        return Handed::Rows;
     }
     let mut checkpoint = read_checkpoint(request, partition);
     let Some(layout) = definition.layout(request, partition, checkpoint) else {
@@ -182,12 +187,13 @@ fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_
     // A recorded failure (G13): the events before the failing one as usual, then the failing
     // one alone, and after max_attempts, parked and passed. Events before it in other
     // partitions or filtered out are passed at once, so that zero rows still means nothing.
-    if let Some(failure) = poison.then(|| poison::failure(request, partition, checkpoint)).flatten() {
+    if let Some(failure) = failed.then(|| poison::failure(request, partition, checkpoint)).flatten() {
         if failure.position - 1 > checkpoint
             && has_events(request, &layout, partition, checkpoint, failure.position - 1) {
             upto = upto.min(failure.position - 1);
         } else if failure.attempts >= definition.max_attempts && failure.position <= upto {
             poison::park(request, partition);
+            parked = true;
             checkpoint = failure.position;
             if upto <= checkpoint {
                 write_checkpoint(request, partition, checkpoint);
@@ -203,7 +209,7 @@ fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_
         request,
         partitioned: layout.partitions > 1,
         partition_column,
-        held: poison && definition.hold_aggregate && poison::has_parked(request),
+        held: parked && definition.hold_aggregate,
     };
     let args = |upto: i64| [
         Arg::new(checkpoint),
@@ -216,22 +222,18 @@ fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_
         Arg::new(partition),
         Arg::new(request.projection),
     ];
-    let rows = query::run(&shape.batch_query(), &args(upto), Snapshot::Latest);
-    let full = rows.len() == limit as usize;
-    let advanced_to = if full {
-        rows.get_named::<i64>(rows.len() - 1, c"position").expect("position is not NULL")
-    } else {
-        upto
-    };
+    let batch = query::run_into(&shape.batch_query(), &args(upto), Snapshot::Latest, sink,
+        sink.live_column(c"position"));
+    let full = batch.count == limit as usize;
+    let advanced_to = if full { batch.last.expect("position is not NULL") } else { upto };
     if shape.held {
         query::run(&poison::park_held_query(&shape.conditions()), &args(advanced_to), Snapshot::Statement);
     }
-    if rows.len() > 0 {
-        poison::count_in_batch_mutant(request, partition,
-            rows.get_named::<i64>(0, c"position").expect("position is not NULL"));
+    if let Some(first) = batch.first {
+        poison::count_in_batch_mutant(request, partition, first);
     }
     write_checkpoint(request, partition, advanced_to);
-    if rows.len() == 0 { Handed::Moved } else { Handed::Rows(rows) }
+    if batch.count == 0 { Handed::Moved } else { Handed::Rows }
 }
 
 /// Whether the partition has an event for the request in (`after`, `upto`].

@@ -169,19 +169,15 @@ pub unsafe extern "C-unwind" fn partition_catchup_batch(fcinfo: pg_sys::Function
         pg_sys::InitMaterializedSRF(fcinfo, pg_sys::MAT_SRF_USE_EXPECTED_DESC);
         let result = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
         horizon::refuse_while_writing();
-        tenancy::as_owner(|| query::with_spi(|| {
-            if let Some(batch) = first_free_batch(&request, wait) {
-                batch.put_all((*result).setResult, (*result).setDesc);
-            }
-        }));
+        tenancy::as_owner(|| query::with_spi(|| first_free_batch(&request, wait, query::Sink::of(result))));
         pg_sys::Datum::from(0usize)
     }
 }
 
 /// The batch of the first free partition that has one. A partition that had nothing is
 /// released at once, unless its checkpoint moved (then its lock is kept until the transaction
-/// ends, with the write).
-fn first_free_batch(request: &Request, wait: bool) -> Option<query::Rows> {
+/// ends, with the write). The batch goes into `sink`.
+fn first_free_batch(request: &Request, wait: bool, sink: query::Sink) {
     let slots = Definition::read(request.projection, request.instance_id).slots();
     let first = first_partition(slots);
     let mut horizon = Horizon::new(request.instance_id);
@@ -192,19 +188,16 @@ fn first_free_batch(request: &Request, wait: bool) -> Option<query::Rows> {
             continue;
         }
         any_free = true;
-        match hand_out(request, partition, &mut horizon, true) {
-            Handed::Rows(rows) => return Some(rows),
+        match hand_out(request, partition, &mut horizon, true, sink, None) {
+            Handed::Rows => return,
             Handed::Moved => {}
             Handed::Nothing => locks::unlock_partition(request.projection, request.instance_id, partition),
         }
     }
     if wait && !any_free {
         locks::lock_partition(request.projection, request.instance_id, first, true);
-        if let Handed::Rows(rows) = hand_out(request, first, &mut horizon, true) {
-            return Some(rows);
-        }
+        hand_out(request, first, &mut horizon, true, sink, None);
     }
-    None
 }
 
 /// `eventstore.set_partitions(projection, instance_id, partitions)`: defines or resizes a

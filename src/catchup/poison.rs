@@ -37,6 +37,33 @@ pub struct Failure {
     pub attempts: i32,
 }
 
+/// What a partition has recorded, read in one statement so that a catch-up with nothing recorded
+/// (the usual case) runs no other statement about poison.
+pub struct Recorded {
+    /// The projection has parked events.
+    pub parked: bool,
+    /// The partition has parked events marked for retry.
+    pub retries: bool,
+    /// The partition has a recorded failure.
+    pub failed: bool,
+}
+
+const RECORDED: &str = "SELECT \
+     EXISTS (SELECT 1 FROM eventstore.parked_events WHERE projection = $1 AND {instance}), \
+     EXISTS (SELECT 1 FROM eventstore.parked_events \
+              WHERE projection = $1 AND {instance} AND partition = $3 AND retry), \
+     EXISTS (SELECT 1 FROM eventstore.projection_failures \
+              WHERE projection = $1 AND {instance} AND partition = $3)";
+
+/// What the partition has recorded now (read after its lock was granted).
+pub fn recorded(request: &Request, partition: i32) -> Recorded {
+    let rows = query::run(&for_instance(RECORDED, request.instance_id),
+        &[Arg::new(request.projection), Arg::new(request.instance_id), Arg::new(partition)],
+        Snapshot::Latest);
+    let flag = |column| rows.get::<bool>(0, column).unwrap_or(false);
+    Recorded { parked: flag(1), retries: flag(2), failed: flag(3) }
+}
+
 const FAILURE: &str = "SELECT position, attempts FROM eventstore.projection_failures \
      WHERE projection = $1 AND {instance} AND partition = $3";
 
@@ -71,16 +98,6 @@ pub fn park(request: &Request, partition: i32) {
     let args = [Arg::new(request.projection), Arg::new(request.instance_id), Arg::new(partition)];
     query::run(&for_instance(PARK, request.instance_id), &args, Snapshot::Statement);
     query::run(&for_instance(FORGET_FAILURE, request.instance_id), &args, Snapshot::Statement);
-}
-
-const HAS_PARKED: &str = "SELECT count(*)::integer FROM (SELECT 1 FROM eventstore.parked_events \
-     WHERE projection = $1 AND {instance} LIMIT 1) p";
-
-/// Whether the projection has parked events (so that later events may be held behind them).
-pub fn has_parked(request: &Request) -> bool {
-    query::run(&for_instance(HAS_PARKED, request.instance_id),
-        &[Arg::new(request.projection), Arg::new(request.instance_id)], Snapshot::Latest)
-        .get::<i32>(0, 1).unwrap_or(0) > 0
 }
 
 /// The condition (on event `e`) of an event held behind a parked event of its aggregate; in the

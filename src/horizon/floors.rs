@@ -65,7 +65,7 @@ pub fn take(last_drawn: impl FnOnce() -> i64) {
         return;
     }
     let key = locks::floor_key(last_drawn());
-    locks::acquire_shared(key);
+    locks::acquire_shared_for_transaction(key);
     // SAFETY: we are inside a transaction; this only reads its state.
     let subtransaction = unsafe { pg_sys::GetCurrentSubTransactionId() };
     TAKEN.set(Some(Taken { transaction: pg::local_transaction_id(), subtransaction, key }));
@@ -79,7 +79,7 @@ pub fn transaction_ended() {
     // (The local transaction id is already cleared here: the key alone tells.)
     if let Some(taken) = TAKEN.take() {
         if locks::held_by_me(taken.key, SHARED) && !mutants::FLOOR_RELEASED_LATE {
-            locks::release(taken.key, SHARED);
+            locks::release_for_transaction(taken.key, SHARED);
         }
     }
 }
@@ -91,7 +91,7 @@ pub fn transaction_ended() {
 pub fn subtransaction_aborted(rolled_back: pg_sys::SubTransactionId) {
     if let Some(taken) = TAKEN.get().filter(|t| t.subtransaction >= rolled_back) {
         if locks::held_by_me(taken.key, SHARED) {
-            locks::release(taken.key, SHARED);
+            locks::release_for_transaction(taken.key, SHARED);
         }
         TAKEN.set(None);
     }

@@ -16,6 +16,7 @@ use pgrx::prelude::*;
 use pgrx::AnyArray;
 
 mod commands;
+mod native;
 
 use crate::checks::require_identifier;
 use crate::errors;
@@ -261,45 +262,57 @@ struct PendingRow<'a> {
     position: i64,
 }
 
-const LAST_EVENT_OF_ONE: &str = "\
-SELECT sequence, owner FROM eventstore.events
- WHERE instance_id = $1 AND aggregate_type = $2 AND aggregate_id = $3
- ORDER BY sequence DESC LIMIT 1";
-
-const LAST_EVENT_OF_MANY: &str = "\
-SELECT a.ord, e.sequence, e.owner
-  FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
-       AS a(instance_id, aggregate_type, aggregate_id, ord)
- CROSS JOIN LATERAL (
-       SELECT sequence, owner FROM eventstore.events e
-        WHERE e.instance_id = a.instance_id AND e.aggregate_type = a.aggregate_type
-          AND e.aggregate_id = a.aggregate_id
-        ORDER BY sequence DESC LIMIT 1) e";
-
 /// Each aggregate's current sequence (0 when new) and owner, read after its lock is held, with
-/// what is committed now (trap 4). Under SERIALIZABLE this read takes no predicate locks: the
-/// aggregate's lock already orders its writers, and predicate locks on the index pages would
+/// what is committed now (trap 4): the last entry of the aggregate's range in the primary key,
+/// found by one backward index scan per aggregate, natively (no statement, no executor). Read
+/// under SnapshotSelf, not an MVCC snapshot, so under SERIALIZABLE it takes no predicate locks:
+/// the aggregate's lock already orders its writers, and predicate locks on the index pages would
 /// make pushes to unrelated aggregates fail with 40001.
 fn current_sequences(aggregates: &[(&str, &str, &str)]) -> Vec<(i64, Option<String>)> {
     let mut current = vec![(0i64, None); aggregates.len()];
-    if let [(instance_id, aggregate_type, aggregate_id)] = aggregates {
-        let rows = query::run(LAST_EVENT_OF_ONE,
-            &[Arg::new(*instance_id), Arg::new(*aggregate_type), Arg::new(*aggregate_id)],
-            Snapshot::CommittedNow);
-        if rows.len() == 1 {
-            current[0] = (rows.get::<i64>(0, 1).unwrap_or(0), rows.get::<String>(0, 2));
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    let events = query::relation(c"events");
+    // SAFETY: the relations exist (relation() asserted it) and stay open and locked for the
+    // scan; the scan keys are built for the primary key's first three columns (text, compared
+    // with texteq under the index's own collations) from text datums alive during the scan; the
+    // slot fits the heap; everything opened here is closed here (an error ends the transaction,
+    // which releases it all).
+    unsafe {
+        let heap = pg_sys::table_open(events, lock);
+        let index = pg_sys::index_open(query::relation(c"events_pkey"), lock);
+        let (sequence_column, owner_column) = (
+            pg_sys::get_attnum(events, c"sequence".as_ptr()),
+            pg_sys::get_attnum(events, c"owner".as_ptr()),
+        );
+        // The mutant reads with the statement's snapshot, taken before the lock wait (trap 4).
+        let snapshot = if crate::mutants::STALE_SNAPSHOT {
+            pg_sys::GetActiveSnapshot()
+        } else {
+            &raw mut pg_sys::SnapshotSelfData
+        };
+        let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+        let scan = crate::pg::index_beginscan(heap, index, snapshot, 3);
+        let mut keys: [pg_sys::ScanKeyData; 3] = std::mem::zeroed();
+        for (n, (instance_id, aggregate_type, aggregate_id)) in aggregates.iter().enumerate() {
+            for (column, name) in [*instance_id, *aggregate_type, *aggregate_id].into_iter().enumerate() {
+                pg_sys::ScanKeyEntryInitialize(&mut keys[column], 0, column as i16 + 1,
+                    pg_sys::BTEqualStrategyNumber as u16, pg_sys::InvalidOid,
+                    *(*index).rd_indcollation.add(column), pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+                    name.into_datum().expect("text is not NULL"));
+            }
+            pg_sys::index_rescan(scan, keys.as_mut_ptr(), 3, std::ptr::null_mut(), 0);
+            if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::BackwardScanDirection, slot) {
+                let mut is_null = false;
+                let sequence = pg_sys::slot_getattr(slot, sequence_column.into(), &mut is_null);
+                let sequence = if is_null { 0 } else { sequence.value() as i64 };
+                let owner = pg_sys::slot_getattr(slot, owner_column.into(), &mut is_null);
+                current[n] = (sequence, String::from_datum(owner, is_null));
+            }
         }
-        return current;
-    }
-    let instance_ids: Vec<&str> = aggregates.iter().map(|a| a.0).collect();
-    let aggregate_types: Vec<&str> = aggregates.iter().map(|a| a.1).collect();
-    let aggregate_ids: Vec<&str> = aggregates.iter().map(|a| a.2).collect();
-    let rows = query::run(LAST_EVENT_OF_MANY,
-        &[Arg::new(instance_ids), Arg::new(aggregate_types), Arg::new(aggregate_ids)],
-        Snapshot::CommittedNow);
-    for r in 0..rows.len() {
-        let ord = rows.get::<i64>(r, 1).expect("ordinality is not NULL") as usize;
-        current[ord - 1] = (rows.get::<i64>(r, 2).unwrap_or(0), rows.get::<String>(r, 3));
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
     }
     current
 }
@@ -341,9 +354,13 @@ const INSERT_MANY_EXTENDED: &str = insert_many_extended!();
 const INSERT_ONE_WITH_ID: &str = concat!(insert_one_extended!(), on_conflict!());
 const INSERT_MANY_WITH_IDS: &str = concat!(insert_many_extended!(), on_conflict!());
 
-/// One set-based INSERT for the whole batch (G1). Pushes without ids and metadata use the
-/// statements that never mention them.
+/// The whole batch in one go (G1): natively when the push carries no event id and the table
+/// allows it (src/push/native.rs), else one set-based INSERT. Pushes without ids and metadata
+/// use the statements that never mention them.
 fn insert(rows: &[PendingRow], created_at: pg_sys::TimestampTz, default_creator: &str, carries_ids: bool) {
+    if !carries_ids && native::insert(rows, created_at, default_creator) {
+        return;
+    }
     let creator = |r: &PendingRow| r.command.creator.clone().unwrap_or_else(|| default_creator.to_string());
     let created_at = Arg::new(timestamptz(created_at));
     let extended = carries_ids || rows.iter().any(|r| r.command.metadata.is_some());

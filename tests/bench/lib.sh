@@ -1,7 +1,7 @@
 # What every bench case shares, sourced by scripts/bench: running SQL and pgbench against the
 # bench cluster, alternating a case's two sides, recording ratios against their goals, printing
 # the results, and the cluster with its preloaded logs. Uses the driver's settings: conn, cluster,
-# port, keep, mode, SLICE, ROUNDS, BIG_NAME, SHARED_BUFFERS, PG_LIB, cases, work.
+# port, keep, preload, mode, SLICE, ROUNDS, BIG_NAME, SHARED_BUFFERS, PG_LIB, cases, work.
 
 # ---------------------------------------------------------------------------------------------
 # Plumbing
@@ -100,9 +100,11 @@ print_results() {
 # The cluster and its logs
 
 start_cluster() {
-    say "cluster bench on 127.0.0.1:$port ($mode mode)"
-    cluster_start "$cluster" "$port" "shared_buffers = $SHARED_BUFFERS" "max_wal_size = 20GB" \
-        "checkpoint_timeout = 1h" "autovacuum = off"
+    say "cluster bench on 127.0.0.1:$port ($mode mode$($preload && echo ', preloaded'))"
+    local settings=("shared_buffers = $SHARED_BUFFERS" "max_wal_size = 20GB" "checkpoint_timeout = 1h"
+        "autovacuum = off")
+    $preload && settings+=("shared_preload_libraries = 'eventstore'")
+    cluster_start "$cluster" "$port" "${settings[@]}"
     $keep || trap 'cluster_stop "$cluster"' EXIT
 }
 

@@ -10,9 +10,10 @@
 #                                 a copy of eventstore.events (same indexes, position from a
 #                                 sequence), events/s, 1 client
 #   push_1x8_vs_insert            the same with 8 clients
-#   push_1x8_notify_off_vs_insert the same with eventstore.notify = off (push's NOTIFY takes a
-#                                 lock PostgreSQL holds until the commit is flushed, which
-#                                 serializes notifying writers)
+#   push_1x32_vs_insert           the same with 32 clients
+#   push_1x8_notify_on_vs_insert  8 clients with eventstore.notify = on (off by default: push's
+#                                 NOTIFY takes a lock PostgreSQL holds until the commit is
+#                                 flushed, which serializes notifying writers); no goal
 #   push_100_vs_multirow_insert   a 100-event push ÷ one multi-row INSERT of the same 100 rows
 #   push_vs_plpgsql_reference     100-event push ÷ a set-based PL/pgSQL push with the same
 #                                 semantics (tests/bench/writes.sql); push_1_vs_... at batch 1
@@ -20,10 +21,12 @@
 #                                 (no goal) a 100-event push built with eventstore.command() ÷
 #                                 built with ROW(...)::eventstore.command, as all other cases do
 
-goal ">= 0.8" push_1_vs_insert push_1x8_vs_insert push_1x8_notify_off_vs_insert
-goal ">= 0.9" push_1_vs_insert_syncoff 'push_1x8_*vs_insert_syncoff'
-goal ">= 0.8" 'push_100_vs_multirow_insert*'
-goal ">= 1.4" 'push_vs_plpgsql_reference*'
+# Issue 15's goals (the 32-client rows held to the 8-client ones); the rest from issue 5.
+goal ">= 0.9" push_1x8_vs_insert push_1x32_vs_insert push_1_vs_insert_syncoff
+goal ">= 0.85" push_1x8_vs_insert_syncoff push_1x32_vs_insert_syncoff
+goal ">= 0.8" push_1_vs_insert push_100_vs_multirow_insert
+goal ">= 1.0" push_100_vs_multirow_insert_syncoff
+goal ">= 1.5" 'push_vs_plpgsql_reference*'
 
 # batch_script FORM N: a pgbench script writing N events in one statement, to aggregates
 # user-<aid>, user-<aid+1>, ... (10 events each) of tenant-<aid % 4>. FORM: push
@@ -77,8 +80,9 @@ write_scripts() {
 # writes DB CLIENTS DURABILITY SCRIPT [NAGGS]: transactions/s of a generated script, its writes
 # spread over NAGGS aggregates (default $AGGREGATES).
 writes() { pgbench_run "$1" "$2" "$3" "$work/$4.pgbench" "naggs=${5:-$AGGREGATES}"; }
-# The same with eventstore.notify = off: no NOTIFY, whose commit lock serializes writers.
-writes_without_notify() { SESSION_OPTIONS="-c eventstore.notify=off" writes "$@"; }
+# The same with eventstore.notify = on: a NOTIFY per transaction, whose commit lock serializes
+# the notifying writers.
+writes_with_notify() { SESSION_OPTIONS="-c eventstore.notify=on" writes "$@"; }
 
 case_push_vs_insert() {
     local durability result es base
@@ -89,9 +93,12 @@ case_push_vs_insert() {
         result=$(interleave "writes eventstore 8 $durability push_1" "writes eventstore 8 $durability insert_1")
         read -r es base <<<"$result"
         record push_1x8_vs_insert $durability "$es" "$base" ev/s "$es / $base"
-        result=$(interleave "writes_without_notify eventstore 8 $durability push_1" "writes eventstore 8 $durability insert_1")
+        result=$(interleave "writes eventstore 32 $durability push_1" "writes eventstore 32 $durability insert_1")
         read -r es base <<<"$result"
-        record push_1x8_notify_off_vs_insert $durability "$es" "$base" ev/s "$es / $base"
+        record push_1x32_vs_insert $durability "$es" "$base" ev/s "$es / $base"
+        result=$(interleave "writes_with_notify eventstore 8 $durability push_1" "writes eventstore 8 $durability insert_1")
+        read -r es base <<<"$result"
+        record push_1x8_notify_on_vs_insert $durability "$es" "$base" ev/s "$es / $base"
     done
 }
 
