@@ -105,8 +105,8 @@ pub unsafe extern "C-unwind" fn projection_catchup_batch(fcinfo: pg_sys::Functio
                 let mut horizon = Horizon::new(request.instance_id);
                 let definition = partitions::Definition::read(request.projection, request.instance_id);
                 partitions::refuse_partitioned(request.projection, &definition);
-                if let Handed::Rows(batch) = hand_out(&request, 0, &mut horizon, false) {
-                    batch.put_all((*result).setResult, (*result).setDesc);
+                if let Handed::Rows(batch) = hand_out(&request, 0, &mut horizon) {
+                    batch.put_all((*result).setResult, (*result).setDesc, None);
                 }
             }));
         }
@@ -163,11 +163,11 @@ enum Handed {
 /// The next batch of partition `partition` of the request's projection, whose lock the caller
 /// holds, and the checkpoint advanced (G5): to the last event handed out when the batch is
 /// full, else to the horizon (or the end of the partition's layout), past events the filters
-/// or the partitioning skipped. `partition_column`: each row starts with the partition number.
-fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_column: bool) -> Handed {
+/// or the partitioning skipped.
+fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon) -> Handed {
     let definition = partitions::Definition::read(request.projection, request.instance_id);
     let poison = schema_has_partitions();
-    if let Some(retried) = poison.then(|| poison::due_retries(request, partition, partition_column)).flatten() {
+    if let Some(retried) = poison.then(|| poison::due_retries(request, partition)).flatten() {
         return Handed::Rows(retried);
     }
     let mut checkpoint = read_checkpoint(request, partition);
@@ -199,11 +199,12 @@ fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_
             limit = 1;
         }
     }
+    let parked = poison && poison::has_parked(request);
     let shape = Shape {
         request,
         partitioned: layout.partitions > 1,
-        partition_column,
-        held: poison && definition.hold_aggregate && poison::has_parked(request),
+        parked,
+        held: parked && definition.hold_aggregate,
     };
     let args = |upto: i64| [
         Arg::new(checkpoint),
@@ -236,7 +237,7 @@ fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_
 
 /// Whether the partition has an event for the request in (`after`, `upto`].
 fn has_events(request: &Request, layout: &partitions::Layout, partition: i32, after: i64, upto: i64) -> bool {
-    let shape = Shape { request, partitioned: layout.partitions > 1, partition_column: false, held: false };
+    let shape = Shape { request, partitioned: layout.partitions > 1, parked: false, held: false };
     query::run(&shape.batch_query(), &[
         Arg::new(after),
         Arg::new(upto),
@@ -255,8 +256,9 @@ struct Shape<'a, 'r> {
     request: &'a Request<'r>,
     /// Only the events of one partition among several.
     partitioned: bool,
-    /// Each row starts with the partition number.
-    partition_column: bool,
+    /// Parked events are left out (one may lie past the checkpoint: projection_failed parks
+    /// a due failure whose park a failing batch rolled back, poison.rs).
+    parked: bool,
     /// Events held behind a parked event of their aggregate are left out (they are parked).
     held: bool,
 }
@@ -269,20 +271,20 @@ impl Shape<'_, '_> {
     fn batch_query(&self) -> String {
         let conditions = self.conditions();
         let conditions = if self.held { format!("{conditions} AND NOT {}", poison::HELD) } else { conditions };
+        let conditions = if self.parked { format!("{conditions} AND NOT {}", poison::PARKED) } else { conditions };
         let request = self.request;
-        let partition = if self.partition_column { "$8 AS partition, " } else { "" };
         if request.aggregate_types.is_some() {
             // One index range per aggregate type, merged by position: served by the
             // (instance_id, aggregate_type, position) and (aggregate_type, position) indexes.
             format!(
-                "SELECT {partition}x.* FROM unnest($5::text[]) AS t(aggregate_type) \
+                "SELECT x.* FROM unnest($5::text[]) AS t(aggregate_type) \
                  CROSS JOIN LATERAL (SELECT e.* FROM eventstore.events e \
                  WHERE e.aggregate_type = t.aggregate_type AND {conditions} \
                  ORDER BY e.position LIMIT $3) x ORDER BY x.position LIMIT $3"
             )
         } else {
             format!(
-                "SELECT {partition}e.* FROM eventstore.events e WHERE {conditions} \
+                "SELECT e.* FROM eventstore.events e WHERE {conditions} \
                  ORDER BY e.position LIMIT $3"
             )
         }

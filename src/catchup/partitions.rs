@@ -170,8 +170,8 @@ pub unsafe extern "C-unwind" fn partition_catchup_batch(fcinfo: pg_sys::Function
         let result = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
         horizon::refuse_while_writing();
         tenancy::as_owner(|| query::with_spi(|| {
-            if let Some(batch) = first_free_batch(&request, wait) {
-                batch.put_all((*result).setResult, (*result).setDesc);
+            if let Some((partition, batch)) = first_free_batch(&request, wait) {
+                batch.put_all((*result).setResult, (*result).setDesc, Some(partition));
             }
         }));
         pg_sys::Datum::from(0usize)
@@ -180,8 +180,8 @@ pub unsafe extern "C-unwind" fn partition_catchup_batch(fcinfo: pg_sys::Function
 
 /// The batch of the first free partition that has one. A partition that had nothing is
 /// released at once, unless its checkpoint moved (then its lock is kept until the transaction
-/// ends, with the write).
-fn first_free_batch(request: &Request, wait: bool) -> Option<query::Rows> {
+/// ends, with the write). Returns the partition and its batch.
+fn first_free_batch(request: &Request, wait: bool) -> Option<(i32, query::Rows)> {
     let slots = Definition::read(request.projection, request.instance_id).slots();
     let first = first_partition(slots);
     let mut horizon = Horizon::new(request.instance_id);
@@ -192,16 +192,16 @@ fn first_free_batch(request: &Request, wait: bool) -> Option<query::Rows> {
             continue;
         }
         any_free = true;
-        match hand_out(request, partition, &mut horizon, true) {
-            Handed::Rows(rows) => return Some(rows),
+        match hand_out(request, partition, &mut horizon) {
+            Handed::Rows(rows) => return Some((partition, rows)),
             Handed::Moved => {}
             Handed::Nothing => locks::unlock_partition(request.projection, request.instance_id, partition),
         }
     }
     if wait && !any_free {
         locks::lock_partition(request.projection, request.instance_id, first, true);
-        if let Handed::Rows(rows) = hand_out(request, first, &mut horizon, true) {
-            return Some(rows);
+        if let Handed::Rows(rows) = hand_out(request, first, &mut horizon) {
+            return Some((first, rows));
         }
     }
     None
