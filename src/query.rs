@@ -73,11 +73,14 @@ impl Rows {
     }
 
     /// Appends every row to `store`, a tuplestore of descriptor `desc` whose live (not dropped)
-    /// columns are this statement's columns, in order.
-    pub fn put_all(&self, store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc) {
+    /// columns are this statement's columns, in order; with `lead`, led by one more column, an
+    /// integer, `lead` in every row (partition_catchup's partition number, so that its
+    /// statement is the same as projection_catchup's).
+    pub fn put_all(&self, store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc, lead: Option<i32>) {
         // SAFETY: desc and store are the materialized result's (live for the call); each row
-        // index is below count, and each live column of desc matches the statement's next
-        // column (the caller's promise), so SPI_getbinval reads within the tuple.
+        // index is below count, and each live column of desc (after the leading integer column
+        // when `lead` is given) matches the statement's next column (the caller's promise), so
+        // SPI_getbinval reads within the tuple.
         unsafe {
             let natts = (*desc).natts as usize;
             let attributes = crate::pg::tuple_desc_attrs(desc);
@@ -86,9 +89,15 @@ impl Rows {
             for row in 0..self.count {
                 let tuple = *(*self.table).vals.add(row);
                 let mut column = 1;
+                let mut lead = lead;
                 for (i, attribute) in attributes.iter().enumerate() {
                     if attribute.attisdropped {
                         nulls[i] = true;
+                        continue;
+                    }
+                    if let Some(value) = lead.take() {
+                        values[i] = value.into_datum().expect("an integer is never NULL");
+                        nulls[i] = false;
                         continue;
                     }
                     values[i] = pg_sys::SPI_getbinval(tuple, (*self.table).tupdesc, column, &mut nulls[i]);

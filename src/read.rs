@@ -84,7 +84,7 @@ pub unsafe extern "C-unwind" fn read_aggregate_rows(fcinfo: pg_sys::FunctionCall
             query::run(EVENTS_OF_AGGREGATE, &[
                 Arg::new(instance_id), Arg::new(aggregate_type), Arg::new(aggregate_id),
                 Arg::new(from_sequence), Arg::new(max_count),
-            ], Snapshot::Statement).put_all((*result).setResult, (*result).setDesc);
+            ], Snapshot::Statement).put_all((*result).setResult, (*result).setDesc, None);
         }));
         pg_sys::Datum::from(0usize)
     }

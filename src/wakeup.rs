@@ -85,8 +85,9 @@ pub fn wake<'a>(instance_ids: impl IntoIterator<Item = &'a str>) {
 }
 
 /// `eventstore.wait_for_events(projection, instance_id, timeout_ms)`: true as soon as events
-/// past the projection's checkpoint (in its instance, or any when NULL) are committed, false
-/// when `timeout_ms` passes first. Sleeps on the latch, never polls.
+/// past the projection's checkpoint (in its instance, or any when NULL; for a partitioned
+/// projection, the lowest of its partitions' checkpoints) are committed, false when
+/// `timeout_ms` passes first. Sleeps on the latch, never polls.
 #[pg_extern(sql = false)]
 fn wait_for_events(projection: Option<&str>, instance_id: Option<&str>, timeout_ms: Option<i32>) -> bool {
     let projection = require_identifier("projection", projection);
@@ -126,12 +127,12 @@ fn wait_for_events(projection: Option<&str>, instance_id: Option<&str>, timeout_
 const NEW_EVENTS_OF_INSTANCE: &str = "\
 SELECT EXISTS (SELECT FROM eventstore.events e
                 WHERE e.instance_id = $2 AND e.position <= $3 AND e.position > coalesce(
-                      (SELECT checkpoint FROM eventstore.projection_states
+                      (SELECT min(checkpoint) FROM eventstore.projection_states
                         WHERE projection = $1 AND instance_id = $2), 0))";
 const NEW_EVENTS_OF_ALL: &str = "\
 SELECT EXISTS (SELECT FROM eventstore.events e
                 WHERE e.position <= $3 AND e.position > coalesce(
-                      (SELECT checkpoint FROM eventstore.projection_states
+                      (SELECT min(checkpoint) FROM eventstore.projection_states
                         WHERE projection = $1 AND instance_id IS NULL), 0))";
 
 /// Whether committed events lie past the projection's checkpoint and no higher than a catch-up

@@ -120,6 +120,22 @@ fn every_event_lands_in_its_aggregates_partition_exactly_once_in_order() {
 }
 
 #[test]
+fn wait_for_events_on_a_partitioned_projection_waits_for_events_past_its_lowest_checkpoint() {
+    let t = tenant("waitp");
+    let mut client = connect();
+    set_partitions(&mut client, "waitp", &t, 3);
+    let wait = |client: &mut Client| -> bool {
+        client.query_one("SELECT eventstore.wait_for_events('waitp', $1, 0)", &[&t]).unwrap().get(0)
+    };
+    assert!(!wait(&mut client), "nothing pushed: nothing to wait for");
+    let expected: BTreeSet<i64> = push_each(&mut client, &t, &aggregates(6), "placed").into_iter().collect();
+    assert!(wait(&mut client), "events past every partition's checkpoint");
+    let handed = drain(&mut client, "waitp", &t, 100);
+    assert_exactly_once_in_order(&handed, &expected);
+    assert!(!wait(&mut client), "every partition caught up");
+}
+
+#[test]
 fn two_workers_in_open_transactions_get_different_partitions() {
     let t = tenant("two");
     let mut a = connect();
@@ -419,6 +435,40 @@ fn a_poison_event_is_isolated_then_parked_and_the_projection_goes_on() {
         "SELECT count(*) FROM eventstore.parked_events WHERE instance_id = $1", &[&t]).unwrap().get(0);
     assert_eq!(left, 0);
     assert!(drain(&mut client, "poison", &t, 100).is_empty());
+}
+
+#[test]
+fn two_poison_events_in_a_row_are_both_parked_and_the_rest_handled_once() {
+    // The catch-up that parks the first one goes on in the same batch, which then fails on the
+    // second: its rollback undoes the park, and the second's failure must not replace the
+    // first's record (the two would take turns forever); projection_failed parks it for good.
+    let t = tenant("poison2");
+    let mut client = connect();
+    client.execute("SELECT eventstore.set_poison_policy('poison2', $1, 2, false)", &[&t]).unwrap();
+    let positions = push_each(&mut client, &t, &aggregates(5), "placed");
+    let poison = BTreeSet::from([positions[1], positions[2]]);
+    let mut committed = Vec::new();
+    for _ in 0..30 {
+        let mut tx = client.transaction().unwrap();
+        let handed: Vec<i64> = partition_batch(&mut tx, "poison2", &t, 100).iter().map(|h| h.3).collect();
+        match handed.iter().find(|p| poison.contains(p)) {
+            Some(&fails_on) => {
+                tx.rollback().unwrap();
+                client.query_one("SELECT eventstore.projection_failed('poison2', $1, 0, 'handler failed', $2)",
+                    &[&t, &fails_on]).unwrap();
+            }
+            None => {
+                tx.commit().unwrap();
+                committed.extend(handed);
+            }
+        }
+    }
+    let expected: Vec<i64> = positions.iter().copied().filter(|p| !poison.contains(p)).collect();
+    assert_eq!(committed, expected, "every other event handled once, in order");
+    let parked: Vec<(i64, i32)> = client.query(
+        "SELECT position, attempts FROM eventstore.parked_events WHERE instance_id = $1 ORDER BY position", &[&t])
+        .unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(parked, vec![(positions[1], 2), (positions[2], 2)]);
 }
 
 #[test]

@@ -171,8 +171,8 @@ fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_
         .unwrap_or_else(|| partitions::Definition::read(request.projection, request.instance_id));
     let recorded = schema_has_partitions().then(|| poison::recorded(request, partition));
     let (retries, failed, mut parked) = recorded.map_or((false, false, false), |r| (r.retries, r.failed, r.parked));
-    if let Some(retried) = retries.then(|| poison::due_retries(request, partition, partition_column)).flatten() {
-        retried.put_all(sink.store, sink.desc);
+    if let Some(retried) = retries.then(|| poison::due_retries(request, partition)).flatten() {
+        retried.put_all(sink.store, sink.desc, partition_column.then_some(partition));
         return Handed::Rows;
     }
     let mut checkpoint = read_checkpoint(request, partition);
@@ -209,6 +209,7 @@ fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_
         request,
         partitioned: layout.partitions > 1,
         partition_column,
+        parked,
         held: parked && definition.hold_aggregate,
     };
     let args = |upto: i64| [
@@ -238,7 +239,7 @@ fn hand_out(request: &Request, partition: i32, horizon: &mut Horizon, partition_
 
 /// Whether the partition has an event for the request in (`after`, `upto`].
 fn has_events(request: &Request, layout: &partitions::Layout, partition: i32, after: i64, upto: i64) -> bool {
-    let shape = Shape { request, partitioned: layout.partitions > 1, partition_column: false, held: false };
+    let shape = Shape { request, partitioned: layout.partitions > 1, partition_column: false, parked: false, held: false };
     query::run(&shape.batch_query(), &[
         Arg::new(after),
         Arg::new(upto),
@@ -259,6 +260,9 @@ struct Shape<'a, 'r> {
     partitioned: bool,
     /// Each row starts with the partition number.
     partition_column: bool,
+    /// Parked events are left out (one may lie past the checkpoint: projection_failed parks
+    /// a due failure whose park a failing batch rolled back, poison.rs).
+    parked: bool,
     /// Events held behind a parked event of their aggregate are left out (they are parked).
     held: bool,
 }
@@ -271,6 +275,7 @@ impl Shape<'_, '_> {
     fn batch_query(&self) -> String {
         let conditions = self.conditions();
         let conditions = if self.held { format!("{conditions} AND NOT {}", poison::HELD) } else { conditions };
+        let conditions = if self.parked { format!("{conditions} AND NOT {}", poison::PARKED) } else { conditions };
         let request = self.request;
         let partition = if self.partition_column { "$8 AS partition, " } else { "" };
         if request.aggregate_types.is_some() {

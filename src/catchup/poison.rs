@@ -9,7 +9,10 @@
 //! failed `max_attempts` times park it (`eventstore.parked_events`) and go on past it. With
 //! `hold_aggregate` (the default) the same aggregate's later events are parked behind it, in
 //! order; without, they go on. Parking happens in the catch-up's transaction, like the
-//! checkpoint: a rolled-back batch parks nothing. No subtransaction anywhere (G8): the worker
+//! checkpoint: a rolled-back batch parks nothing. When the batch that parked an event goes on
+//! and fails on a later one, projection_failed parks the earlier one again, for good, before it
+//! counts the later failure (one record per partition: else the two would take turns forever);
+//! catch-up passes over parked events. No subtransaction anywhere (G8): the worker
 //! loop is ROLLBACK, then projection_failed in a new transaction.
 //!
 //! retry_parked marks parked events to be handed out again: the partition's next catch-up hands
@@ -107,6 +110,13 @@ pub const HELD: &str = "EXISTS (SELECT 1 FROM eventstore.parked_events p \
        AND p.event_instance_id = e.instance_id AND p.aggregate_type = e.aggregate_type \
        AND p.aggregate_id = e.aggregate_id AND p.position < e.position)";
 
+/// The condition (on event `e`) of a parked event; parameters as [`HELD`]. Served by the
+/// parked_events_aggregate index.
+pub const PARKED: &str = "EXISTS (SELECT 1 FROM eventstore.parked_events p \
+     WHERE p.projection = $9 AND p.event_instance_id = e.instance_id AND p.aggregate_type = e.aggregate_type \
+       AND p.aggregate_id = e.aggregate_id AND p.position = e.position \
+       AND p.instance_id IS NOT DISTINCT FROM $4)";
+
 /// The statement that parks the held events among `conditions` (the batch's, up to $2).
 pub fn park_held_query(conditions: &str) -> String {
     format!("INSERT INTO eventstore.parked_events (projection, instance_id, partition, position, \
@@ -121,7 +131,7 @@ pub fn park_held_query(conditions: &str) -> String {
          ON CONFLICT ON CONSTRAINT parked_events_key DO NOTHING")
 }
 
-const DUE_RETRIES: &str = "SELECT {partition}e.* FROM eventstore.events e WHERE e.position IN \
+const DUE_RETRIES: &str = "SELECT e.* FROM eventstore.events e WHERE e.position IN \
      (SELECT position FROM eventstore.parked_events \
        WHERE projection = $1 AND {instance} AND partition = $3 AND retry \
        ORDER BY position LIMIT $4) ORDER BY e.position";
@@ -130,9 +140,8 @@ const RETRIED: &str = "DELETE FROM eventstore.parked_events \
 
 /// The partition's parked events due for retry (at most a batch, in position order), deleted
 /// from the parked events in the caller's transaction; `None` when there are none.
-pub fn due_retries(request: &Request, partition: i32, partition_column: bool) -> Option<Rows> {
-    let sql = for_instance(DUE_RETRIES, request.instance_id)
-        .replace("{partition}", if partition_column { "$3 AS partition, " } else { "" });
+pub fn due_retries(request: &Request, partition: i32) -> Option<Rows> {
+    let sql = for_instance(DUE_RETRIES, request.instance_id);
     let args = |positions: Vec<i64>| [Arg::new(request.projection), Arg::new(request.instance_id),
         Arg::new(partition), Arg::new(request.batch_size), Arg::new(positions)];
     let rows = query::run(&sql, &args(Vec::new()), Snapshot::Latest);
@@ -244,6 +253,16 @@ fn projection_failed(projection: Option<&str>, instance_id: Option<&str>, partit
                     truncate(projection, 80)),
                 "Call projection_failed after a batch that handed something out failed.")
         };
+        // A failure after an earlier event that is due to be parked: the catch-up parked that
+        // one and went on in the batch that has just failed, and its rollback undid the park.
+        // Counting this failure would replace the record (one per partition) and the two would
+        // take turns forever: park the earlier one here, for good. The checkpoint stays (events
+        // before it may not have been handed out); catch-up passes over parked events.
+        if let Some(due) = failure(&request, partition, checkpoint) {
+            if due.position < failing && due.attempts >= definition.max_attempts {
+                park(&request, partition);
+            }
+        }
         record(projection, instance_id, partition, failing, error)
     }))
 }

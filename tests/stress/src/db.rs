@@ -129,6 +129,12 @@ impl<'r> Link<'r> {
         Ok(&mut self.session.as_mut().unwrap().client)
     }
 
+    /// The pid of the session's backend (connecting first when there is none).
+    pub fn pid(&mut self) -> Result<i32, String> {
+        self.client()?;
+        Ok(self.session.as_ref().expect("connected").pid)
+    }
+
     /// Deals with a failed statement inside a transaction: after a fault the session is
     /// dropped (the next `client()` reconnects); after an error the transaction is rolled back.
     pub fn failed(&mut self, error: &postgres::Error) -> Ended {

@@ -4,20 +4,33 @@
 //!
 //! | count           | violation                                                          | guarantee |
 //! |-----------------|--------------------------------------------------------------------|-----------|
-//! | skipped         | a committed event in a projection's scope that it never applied    | G4        |
-//! | dup             | an event applied (and committed) twice by one projection           | G5        |
+//! | skipped         | a committed event in a projection's scope that it never applied    | G4, G13   |
+//! |                 | (nor parked)                                                       |           |
+//! | dup             | an event applied (and committed) twice by one projection, or both  | G5, G13   |
+//! |                 | applied and parked                                                 |           |
 //! | order           | a committed batch not above every earlier one of its partition in  | G7, G12   |
 //! |                 | commit order, not in position order itself, or an aggregate's      |           |
-//! |                 | events applied out of sequence order                               |           |
+//! |                 | events applied out of sequence order, or (hold_aggregate) applied  |           |
+//! |                 | after a poison event of its aggregate                              |           |
 //! | overlap         | two workers inside one projection (partition) at once (trace.rs)   | G6, G12   |
 //! | lost            | a push or a batch whose COMMIT succeeded, missing from the tables  | G1        |
 //! | gaps            | an aggregate whose sequences are not exactly 1..n                  | G2        |
 //! | aggregate_order | within an aggregate, a later sequence at a lower position          | G3        |
-//! | phantom         | a push never committed (rolled back) whose events are there        | G1        |
+//! | phantom         | a push never committed (rolled back) whose events are there, or a  | G1, G5    |
+//! |                 | batch killed mid-batch (before COMMIT) that is there               |           |
 //! | partial         | a push of unknown fate (died in COMMIT) only partly there          | G1        |
 //! | stray           | an applied row that matches no event of the projection's scope     | G11, G4   |
 //! | dropped         | a connection lost without a fault of ours (a crashed backend?)     | G9        |
 //! | errors          | an unexpected error (deadlock, unique violation...)                | G2, G9    |
+//! | parked          | a parked event that is not poison (nor, with hold_aggregate,       | G13       |
+//! |                 | behind a poison event of its aggregate), a poison event parked     |           |
+//! |                 | before max_attempts failures, anything parked by a projection      |           |
+//! |                 | whose handler never fails                                          |           |
+//! | unparked        | a poison event that kept failing and was never parked (the drain   | G13       |
+//! |                 | gave up)                                                           |           |
+//!
+//! A partitioned target's poison events (load.rs) are never applied (its handler fails on
+//! them): "skipped" then proves each was parked, "parked" that nothing else was.
 
 use std::collections::{HashMap, HashSet};
 
@@ -46,12 +59,15 @@ pub struct Findings {
     pub stray: u64,
     pub dropped: u64,
     pub errors: u64,
+    pub parked: u64,
+    pub unparked: u64,
 }
 
 impl Findings {
     pub fn violations(&self) -> u64 {
         self.skipped + self.dup + self.order + self.overlap + self.lost + self.gaps
             + self.aggregate_order + self.phantom + self.partial + self.stray + self.dropped + self.errors
+            + self.parked + self.unparked
     }
 }
 
@@ -62,6 +78,10 @@ pub struct Observed<'a> {
     pub intervals: &'a [Interval],
     /// The targets the run used.
     pub targets: &'a [Target],
+    /// Batches killed mid-batch, before their COMMIT.
+    pub killed_batches: &'a [i64],
+    /// Targets whose drain gave up on a poison event that was never parked.
+    pub never_parked: &'a [String],
 }
 
 pub fn detect(client: &mut Client, observed: &Observed) -> Result<Findings, postgres::Error> {
@@ -74,7 +94,27 @@ pub fn detect(client: &mut Client, observed: &Observed) -> Result<Findings, post
         let scope = target.scope_params();
         findings.skipped += count(client, &format!("skipped in {}", target.name()), SKIPPED, &scope)?;
         findings.stray += count(client, &format!("stray in {}", target.name()), STRAY, &scope)?;
+        findings.dup += count(client, &format!("applied and parked in {}", target.name()), APPLIED_AND_PARKED,
+            &scope[..3])?;
+        // A target whose handler never fails parks nothing: checked as a policy no event meets.
+        let (max_attempts, hold) = target.poison.map_or((i32::MAX, false), |p| (p.max_attempts, p.hold_aggregate));
+        let policy: [&(dyn ToSql + Sync); 7] = [scope[0], scope[1], scope[2], scope[3], scope[4], &max_attempts, &hold];
+        findings.parked += count(client, &format!("parked wrongly in {}", target.name()), WRONGLY_PARKED, &policy)?;
+        if hold {
+            findings.order += count(client, &format!("applied behind a poison event in {}", target.name()),
+                APPLIED_BEHIND_POISON, &policy[..6])?;
+        }
+        if let Some(policy) = target.poison {
+            print_parked(client, target, policy, &scope)?;
+        }
     }
+    for name in observed.never_parked {
+        println!("stress: VIOLATION {name}: a poison event failed {} times in a row and was never parked",
+            crate::workers::MAX_FAILURES_IN_A_ROW);
+        findings.unparked += 1;
+    }
+    findings.phantom += count(client, "batch killed before its COMMIT is there", KILLED_BATCH_THERE,
+        &[&observed.killed_batches])?;
     findings.dup = count(client, "applied twice", DUPLICATES, &[])?;
     findings.order = count(client, "batch not above the earlier ones", BATCHES_OUT_OF_ORDER, &[])?
         + count(client, "batch not in position order", EVENTS_OUT_OF_ORDER, &[])?
@@ -107,7 +147,77 @@ SELECT count(*), (array_agg(e.position::text ORDER BY e.position))[1:5]
   FROM eventstore.events e
  WHERE ", in_scope!(), "
    AND NOT EXISTS (SELECT 1 FROM stress_applied a
-                    WHERE a.projection = $1 AND a.instance_key = $2 AND a.position = e.position)");
+                    WHERE a.projection = $1 AND a.instance_key = $2 AND a.position = e.position)
+   AND NOT EXISTS (SELECT 1 FROM eventstore.parked_events p
+                    WHERE p.projection = $1 AND p.instance_id IS NOT DISTINCT FROM $3
+                      AND p.position = e.position)");
+
+/// Parameters: $1 projection, $2 instance key, $3 instance_id.
+const APPLIED_AND_PARKED: &str = "\
+SELECT count(*), (array_agg(a.position || ' ' || a.aggregate || '#' || a.sequence))[1:5]
+  FROM stress_applied a JOIN eventstore.parked_events p
+    ON p.projection = $1 AND p.instance_id IS NOT DISTINCT FROM $3::text AND p.position = a.position
+ WHERE a.projection = $1 AND a.instance_key = $2";
+
+/// The first poison event of each aggregate in a target's scope.
+macro_rules! first_poison {
+    () => {
+        concat!("first_poison AS (
+    SELECT e.instance_id || '/' || e.aggregate_type || '/' || e.aggregate_id AS aggregate, min(e.position) AS position
+      FROM eventstore.events e
+     WHERE coalesce(e.payload ? 'poison', false) AND ", in_scope!(), "
+     GROUP BY 1)")
+    };
+}
+
+/// Parked events that should not be: not of the scope; a poison event parked before
+/// max_attempts ($6) failures (unless, with hold_aggregate ($7), it was held behind an earlier
+/// one); an event that is not poison, unless held behind a poison event of its aggregate.
+const WRONGLY_PARKED: &str = concat!("\
+WITH ", first_poison!(), ",
+parked AS (
+    SELECT p.position, p.attempts, e.position IS NOT NULL AS in_scope,
+           coalesce(e.payload ? 'poison', false) AS poison,
+           $7 AND coalesce(f.position < p.position, false) AS held
+      FROM eventstore.parked_events p
+      LEFT JOIN eventstore.events e ON e.position = p.position AND ", in_scope!(), "
+      LEFT JOIN first_poison f ON f.aggregate = p.event_instance_id || '/' || p.aggregate_type || '/' || p.aggregate_id
+     WHERE p.projection = $1 AND p.instance_id IS NOT DISTINCT FROM $3 AND $2::text IS NOT NULL)
+SELECT count(*), (array_agg(position || ': ' || why ORDER BY position))[1:5]
+  FROM (SELECT position, CASE WHEN NOT in_scope THEN 'not an event of the projection'
+                              WHEN poison AND NOT held AND attempts < $6 THEN 'parked after ' || attempts || ' failures'
+                              WHEN NOT poison AND NOT held THEN 'not poison, nor behind a poison event'
+                         END AS why
+          FROM parked) w
+ WHERE why IS NOT NULL");
+
+/// With hold_aggregate: events applied after a poison event of their aggregate (they should
+/// have been parked behind it). Parameters $1-$5 as in_scope!, $6 unused (max_attempts).
+const APPLIED_BEHIND_POISON: &str = concat!("\
+WITH ", first_poison!(), "
+SELECT count(*), (array_agg(a.aggregate || '#' || a.sequence || ' at ' || a.position || ' applied after poison at '
+                            || f.position))[1:5]
+  FROM stress_applied a JOIN first_poison f ON f.aggregate = a.aggregate AND a.position > f.position
+ WHERE a.projection = $1 AND a.instance_key = $2 AND $6::int IS NOT NULL");
+
+const KILLED_BATCH_THERE: &str = "\
+SELECT count(*), (array_agg(batch::text))[1:5] FROM stress_batches WHERE batch = ANY ($1::bigint[])";
+
+/// Poison events of the scope, parked events and those held behind them.
+const PARKED_FIGURES: &str = concat!("\
+SELECT (SELECT count(*) FROM eventstore.events e WHERE coalesce(e.payload ? 'poison', false) AND ", in_scope!(), "),
+       count(*), count(*) FILTER (WHERE p.held_behind IS NOT NULL)
+  FROM eventstore.parked_events p
+ WHERE p.projection = $1 AND p.instance_id IS NOT DISTINCT FROM $3 AND $2::text IS NOT NULL");
+
+fn print_parked(client: &mut Client, target: &Target, policy: crate::workers::Policy,
+                scope: &[&(dyn ToSql + Sync); 5]) -> Result<(), postgres::Error> {
+    let row = client.query_one(PARKED_FIGURES, scope)?;
+    let (poison, parked, held): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    println!("stress: {} (max_attempts={} hold_aggregate={}): poison events={poison} parked={parked} \
+              (held behind them={held})", target.name(), policy.max_attempts, policy.hold_aggregate);
+    Ok(())
+}
 
 const STRAY: &str = concat!("\
 SELECT count(*), (array_agg(a.position || ' ' || a.aggregate || '#' || a.sequence))[1:5]

@@ -1,10 +1,13 @@
-//! Faults: a killer that terminates writer and worker backends at random, and (--restarts) a
-//! restarter that crashes the whole cluster with an immediate shutdown and starts it again.
+//! Faults: a killer that terminates writer and worker backends at random, (--partitions) a
+//! batch killer that terminates a worker's backend when the worker asks for it, mid-batch, and
+//! (--restarts) a restarter that crashes the whole cluster with an immediate shutdown and starts
+//! it again.
 //! Each fault is entered in the trace before it is issued (see trace.rs), so that the clients
 //! it hits can tell it from a crash the harness did not cause.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{mpsc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::db::{Link, Tally};
@@ -44,6 +47,74 @@ pub fn killer(run: &Run) -> Result<(u64, Tally), String> {
             Ok(row) => kills += u64::from(row.get::<_, bool>(0)),
             Err(error) => { link.failed(&error); }
         }
+    }
+    Ok((kills, link.tally))
+}
+
+/// How long a worker waits for the batch killer; pg_terminate_backend waits for the backend to
+/// exit for at most TERMINATE_WAIT_MS.
+const KILL_TIMEOUT: Duration = Duration::from_secs(20);
+const TERMINATE_WAIT_MS: i64 = 10_000;
+
+/// A worker's request: the pid of its backend, and where to answer whether it was killed.
+type KillRequest = (i32, mpsc::SyncSender<bool>);
+
+/// Workers' requests to have their own backend terminated mid-batch, served by [`batch_killer`].
+#[derive(Default)]
+pub struct KillRequests {
+    /// Pending requests, and whether the batch killer has stopped.
+    queue: Mutex<(Vec<KillRequest>, bool)>,
+    ready: Condvar,
+}
+
+impl KillRequests {
+    /// Has backend `pid` terminated by the batch killer, from another session, and waits until
+    /// it is gone; false when it could not be (the batch killer stopped, or the kill failed).
+    pub fn terminate(&self, pid: i32) -> bool {
+        let (answer, answered) = mpsc::sync_channel(1);
+        {
+            let mut queue = self.queue.lock().unwrap();
+            if queue.1 {
+                return false;
+            }
+            queue.0.push((pid, answer));
+        }
+        self.ready.notify_one();
+        answered.recv_timeout(KILL_TIMEOUT).unwrap_or(false)
+    }
+
+    /// The next request; None once the load stops (and from then on, every request is refused).
+    fn next(&self, run: &Run) -> Option<KillRequest> {
+        let mut queue = self.queue.lock().unwrap();
+        loop {
+            if let Some(request) = queue.0.pop() {
+                return Some(request);
+            }
+            if run.stopping() {
+                queue.1 = true;
+                return None;
+            }
+            queue = self.ready.wait_timeout(queue, POLL).unwrap().0;
+        }
+    }
+}
+
+/// Terminates the backends of workers that ask for it mid-batch (after applying a batch, before
+/// COMMIT: the batch must come again), until the load stops; returns how many it killed.
+pub fn batch_killer(run: &Run) -> Result<(u64, Tally), String> {
+    let mut link = Link::new(run, "stress-batch-killer".to_string());
+    let mut kills = 0;
+    while let Some((pid, answer)) = run.kill_requests.next(run) {
+        let fault = run.faults.issue(Some(pid), &run.clock);
+        let result = link.client()?.query_one("SELECT pg_terminate_backend($1, $2)", &[&pid, &TERMINATE_WAIT_MS]);
+        run.faults.done(fault, &run.clock);
+        let killed = match result {
+            Ok(row) => row.get::<_, bool>(0),
+            Err(error) => { link.failed(&error); false }
+        };
+        kills += u64::from(killed);
+        // The worker may have given up waiting: then nobody listens.
+        let _ = answer.send(killed);
     }
     Ok((kills, link.tally))
 }

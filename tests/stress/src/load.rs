@@ -4,6 +4,10 @@
 //! some transactions open for hundreds of milliseconds after the push — the slow writer that
 //! a catch-up without a barrier skips past (G4).
 //!
+//! With --partitions about three events in a thousand are poison: the payload says
+//! `"poison": true`, and the partitioned projections' handler fails on such an event every time
+//! (workers.rs), so that it must end up parked (G13).
+//!
 //! Every push is remembered with what the client knows of its fate: committed (COMMIT
 //! succeeded), never committed (rolled back, or failed before COMMIT was sent) or unknown (the
 //! connection died during COMMIT). The detector holds the table to it (G1, durability).
@@ -28,13 +32,17 @@ const MAX_BATCH: u64 = 5;
 const ROLLBACK_PERCENT: u64 = 10;
 const HOLD_OPEN_PERCENT: u64 = 6;
 const HOLD_OPEN_MS: (u64, u64) = (100, 500);
+/// With --partitions: poison events per thousand.
+const POISON_PER_MILLE: u64 = 3;
 
 /// The command[] form, built in SQL from parallel arrays in the batch's order.
 const PUSH: &str = "\
 SELECT p.instance_id, p.aggregate_type, p.aggregate_id, p.sequence, p.position
   FROM eventstore.push(ARRAY(
-       SELECT eventstore.command(c.i, c.t, c.a, c.e, jsonb_build_object('writer', $5::int, 'n', c.n))
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS c(i, t, a, e, n)
+       SELECT eventstore.command(c.i, c.t, c.a, c.e, jsonb_build_object('writer', $5::int, 'n', c.n)
+                  || CASE WHEN c.p THEN jsonb_build_object('poison', true) ELSE '{}' END)
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $6::bool[])
+              WITH ORDINALITY AS c(i, t, a, e, p, n)
         ORDER BY c.n)) AS p";
 
 /// One event as push returned it.
@@ -73,7 +81,7 @@ pub fn writer(run: &Run, id: usize) -> Result<WriterReport, String> {
     let mut link = Link::new(run, format!("stress-writer-{id}"));
     let mut pushes = Vec::new();
     while !run.stopping() {
-        let batch = plan_batch(&mut rng);
+        let batch = plan_batch(&mut rng, if run.options.partitions { POISON_PER_MILLE } else { 0 });
         link.client()?;
         if let Some(push) = push_once(&mut link, &batch, id, &mut rng) {
             pushes.push(push);
@@ -89,9 +97,10 @@ struct Batch {
     aggregate_types: Vec<String>,
     aggregate_ids: Vec<String>,
     event_types: Vec<String>,
+    poison: Vec<bool>,
 }
 
-fn plan_batch(rng: &mut Rng) -> Batch {
+fn plan_batch(rng: &mut Rng, poison_per_mille: u64) -> Batch {
     let mut batch = Batch::default();
     let home = *rng.pick(&INSTANCES);
     for n in 0..rng.between(1, MAX_BATCH) {
@@ -112,6 +121,7 @@ fn plan_batch(rng: &mut Rng) -> Batch {
             batch.aggregate_ids.push(id);
         }
         batch.event_types.push(rng.pick(&EVENT_TYPES).to_string());
+        batch.poison.push(poison_per_mille > 0 && rng.between(1, 1000) <= poison_per_mille);
     }
     batch
 }
@@ -127,7 +137,7 @@ fn push_once(link: &mut Link, batch: &Batch, writer: usize, rng: &mut Rng) -> Op
         client.batch_execute("BEGIN")?;
         let sent = Instant::now();
         let rows = client.query(PUSH, &[&batch.instance_ids, &batch.aggregate_types,
-            &batch.aggregate_ids, &batch.event_types, &(writer as i32)])?;
+            &batch.aggregate_ids, &batch.event_types, &(writer as i32), &batch.poison])?;
         push.latency = sent.elapsed();
         push.events = rows.iter().map(|r| Written {
             aggregate: aggregate_name(r.get(0), r.get(1), r.get(2)),

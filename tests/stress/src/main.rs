@@ -8,7 +8,13 @@
 //!
 //! --partitions adds two partitioned projections, run with partition_catchup, whose partition
 //! counts a resizer changes while the load runs: the detector then checks them per partition
-//! (one transaction at a time, batches in order) and per aggregate across every resize.
+//! (one transaction at a time, batches in order) and per aggregate across every resize. About
+//! three events in a thousand are then poison: the partitioned projections' handler fails on it,
+//! the worker reports the failure with projection_failed in a new transaction, and the
+//! detector proves that every poison event was parked after its projection's max_attempts,
+//! that nothing else was (but, with hold_aggregate, the aggregate's later events) and that the
+//! rest was applied exactly once. Partitioned batches are also killed mid-batch (their backend
+//! terminated after applying, before COMMIT): they must come again.
 //!
 //! --unsafe replaces projection_catchup with a naive catch-up of the harness's own (no lock, no
 //! barrier): the detector must then report violations, which proves that it bites.
@@ -103,6 +109,8 @@ pub struct Run {
     stop: AtomicBool,
     /// Batch numbers, unique over the run.
     pub next_batch: AtomicI64,
+    /// Workers' requests to be killed mid-batch (--partitions).
+    pub kill_requests: faults::KillRequests,
 }
 
 impl Run {
@@ -117,7 +125,8 @@ fn main() {
         std::process::exit(2);
     });
     let run = Run { options, clock: Clock::default(), faults: FaultLog::default(),
-                    stop: AtomicBool::new(false), next_batch: AtomicI64::new(1) };
+                    stop: AtomicBool::new(false), next_batch: AtomicI64::new(1),
+                    kill_requests: faults::KillRequests::default() };
     match stress(&run) {
         Ok(violations) => std::process::exit(if violations > 0 { 1 } else { 0 }),
         Err(e) => {
@@ -134,6 +143,8 @@ struct Loaded {
     workers: WorkerReport,
     tally: Tally,
     kills: u64,
+    /// Backends killed mid-batch at their worker's request.
+    batch_kills: u64,
     restarts: u64,
     resizes: workers::Resizes,
 }
@@ -165,6 +176,8 @@ fn stress(run: &Run) -> Result<u64, String> {
         committed_batches: &loaded.workers.committed,
         intervals: &loaded.workers.intervals,
         targets: workers::targets(run),
+        killed_batches: &loaded.workers.poison.killed,
+        never_parked: &loaded.workers.poison.never_parked,
     };
     let mut findings = detector::detect(&mut session.client, &observed).map_err(|e| format!("detector: {e}"))?;
     findings.dropped = loaded.tally.dropped;
@@ -189,6 +202,7 @@ fn load(run: &Run) -> Result<Loaded, String> {
         let killer = scope.spawn(|| faults::killer(run));
         let restarter = run.options.restarts.then(|| scope.spawn(|| faults::restarter(run)));
         let resizer = run.options.partitions.then(|| scope.spawn(|| workers::resizer(run)));
+        let batch_killer = run.options.partitions.then(|| scope.spawn(|| faults::batch_killer(run)));
         std::thread::sleep(Duration::from_secs(run.options.seconds));
         run.stop.store(true, Ordering::SeqCst);
 
@@ -206,6 +220,11 @@ fn load(run: &Run) -> Result<Loaded, String> {
         loaded.tally.add(killer_tally);
         if let Some(restarter) = restarter {
             loaded.restarts = joined(restarter)?;
+        }
+        if let Some(batch_killer) = batch_killer {
+            let (kills, tally) = joined(batch_killer)?;
+            loaded.batch_kills = kills;
+            loaded.tally.add(tally);
         }
         if let Some(resizer) = resizer {
             loaded.resizes = joined(resizer)?;
@@ -247,12 +266,18 @@ fn print_load(loaded: &Loaded) {
     if loaded.resizes.done + loaded.resizes.refused > 0 {
         println!("stress: partition resizes done={} refused_while_draining={}",
             loaded.resizes.done, loaded.resizes.refused);
+        let poison = &loaded.workers.poison;
+        println!("stress: poison batches failed={} failures reported={} reports refused as late={}; \
+                  batches killed mid-batch={} (backends killed at their worker's request={})",
+            poison.failures, poison.reported, poison.late, poison.killed.len(), loaded.batch_kills);
     }
 }
 
 fn print_findings(run: &Run, loaded: &Loaded, f: &Findings, took: Duration) {
-    println!("stress: took {:.1}s; also gaps={} aggregate_order={} phantom={} partial={} stray={} dropped={} errors={}",
-        took.as_secs_f64(), f.gaps, f.aggregate_order, f.phantom, f.partial, f.stray, f.dropped, f.errors);
+    println!("stress: took {:.1}s; also gaps={} aggregate_order={} phantom={} partial={} stray={} dropped={} errors={} \
+              parked={} unparked={}",
+        took.as_secs_f64(), f.gaps, f.aggregate_order, f.phantom, f.partial, f.stray, f.dropped, f.errors,
+        f.parked, f.unparked);
     println!("stress: events={} writers={} workers={} kills={} restarts={} skipped={} dup={} order={} \
               overlap={} lost={} violations={}",
         f.events, run.options.writers, run.options.workers, loaded.kills, loaded.restarts,

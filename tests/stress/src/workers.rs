@@ -10,10 +10,18 @@
 //!   barrier — the catch-up the extension exists to replace, which the detector must catch.
 //!
 //! Each batch that returned rows leaves an interval in the trace (see trace.rs).
+//!
+//! With --partitions, the partitioned targets' handler fails on every poison event (load.rs): the
+//! worker applies the batch up to it, rolls back, and reports the failure in a new transaction
+//! with `eventstore.projection_failed` (G13), as the README's worker loop does; the extension
+//! must park the event after the target's max_attempts. About one partitioned batch in twenty is
+//! killed mid-batch instead (its backend terminated by the batch killer, faults.rs, after the
+//! batch was applied and before COMMIT): the batch must come again.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::Client;
 
@@ -32,6 +40,16 @@ pub struct Target {
     pub event_types: Option<&'static [&'static str]>,
     /// Run with partition_catchup, its partition count changed mid-run (--partitions).
     pub partitioned: bool,
+    /// The poison policy of a partitioned target, whose handler fails on poison events.
+    pub poison: Option<Policy>,
+}
+
+/// A poison policy (eventstore.set_poison_policy).
+#[derive(Clone, Copy)]
+pub struct Policy {
+    pub max_attempts: i32,
+    /// The aggregate's later events are parked behind a parked event (true) or go on.
+    pub hold_aggregate: bool,
 }
 
 /// How `stress_applied` names the instance of a global projection.
@@ -57,7 +75,8 @@ impl Target {
 
 const fn per_instance(projection: &'static str, instance_id: &'static str,
                       aggregate_types: Option<&'static [&'static str]>) -> Target {
-    Target { projection, instance_id: Some(instance_id), aggregate_types, event_types: None, partitioned: false }
+    Target { projection, instance_id: Some(instance_id), aggregate_types, event_types: None, partitioned: false,
+             poison: None }
 }
 
 /// How many of TARGETS a run uses: the partitioned ones only with --partitions.
@@ -70,11 +89,12 @@ pub fn targets(run: &Run) -> &'static [Target] {
 
 /// Global, per-instance and filtered projections; the last two partitioned (--partitions only).
 pub const TARGETS: [Target; 12] = [
-    Target { projection: "all", instance_id: None, aggregate_types: None, event_types: None, partitioned: false },
+    Target { projection: "all", instance_id: None, aggregate_types: None, event_types: None, partitioned: false,
+             poison: None },
     Target { projection: "users", instance_id: None, aggregate_types: Some(&["user"]), event_types: None,
-             partitioned: false },
+             partitioned: false, poison: None },
     Target { projection: "additions", instance_id: None, aggregate_types: None, event_types: Some(&["added"]),
-             partitioned: false },
+             partitioned: false, poison: None },
     per_instance("tenant", "system", None),
     per_instance("tenant", "t1", None),
     per_instance("tenant", "t2", None),
@@ -82,9 +102,10 @@ pub const TARGETS: [Target; 12] = [
     per_instance("grants", "t1", Some(&["grant", "org"])),
     per_instance("grants", "t2", Some(&["grant", "org"])),
     per_instance("grants", "system", Some(&["grant", "org"])),
-    Target { projection: "split", instance_id: None, aggregate_types: None, event_types: None, partitioned: true },
+    Target { projection: "split", instance_id: None, aggregate_types: None, event_types: None, partitioned: true,
+             poison: Some(Policy { max_attempts: 2, hold_aggregate: true }) },
     Target { projection: "split", instance_id: Some("t1"), aggregate_types: Some(&["user", "org"]),
-             event_types: None, partitioned: true },
+             event_types: None, partitioned: true, poison: Some(Policy { max_attempts: 3, hold_aggregate: false }) },
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -101,13 +122,17 @@ struct Pace {
     slow_percent: u64,
     /// Safe mode: wait for the projection lock instead of taking zero rows when it is busy.
     wait: bool,
+    /// A partitioned target's batch killed (its backend terminated) after it was applied.
+    kill_percent: u64,
 }
 
 const LOAD: Pace = Pace {
     batch_sizes: &[3, 10, 50], rollback_percent: 10, repeatable_read_percent: 15, slow_percent: 10, wait: false,
+    kill_percent: 5,
 };
 const DRAIN: Pace = Pace {
     batch_sizes: &[1000], rollback_percent: 0, repeatable_read_percent: 0, slow_percent: 0, wait: true,
+    kill_percent: 0,
 };
 /// The worker number of the drain in the trace and in stress_batches.
 const DRAIN_WORKER: usize = 999;
@@ -115,15 +140,25 @@ const SLOW_APPLY_MS: (u64, u64) = (1, 30);
 const IDLE_MS: (u64, u64) = (2, 15);
 /// A drain that has not reached the head after this many batches is a failure of its own.
 const MAX_DRAIN_BATCHES: usize = 100_000;
+/// A drain whose batches failed on poison this many times in a row, with nothing committed in
+/// between, has a poison event that is never parked (each is parked after at most 3 failures).
+pub const MAX_FAILURES_IN_A_ROW: usize = 30;
+/// What the handler's failure says (projection_failed records it).
+const POISON_ERROR: &str = "stress: poison event";
 
 const SAFE_FETCH: &str = "\
-SELECT position, instance_id, aggregate_type, aggregate_id, sequence, 0
+SELECT position, instance_id, aggregate_type, aggregate_id, sequence, 0, false
   FROM eventstore.projection_catchup($1, $2, $3, $4, $5, $6)";
 
-/// A partitioned target's batch: the next batch of a free partition, led by its number.
+/// A partitioned target's batch: the next batch of a free partition, led by its number, and
+/// which events are poison.
 const PARTITION_FETCH: &str = "\
-SELECT position, instance_id, aggregate_type, aggregate_id, sequence, partition
+SELECT position, instance_id, aggregate_type, aggregate_id, sequence, partition,
+       coalesce(payload ? 'poison', false)
   FROM eventstore.partition_catchup($1, $2, $3, $4, $5, $6)";
+
+/// A handler failure, reported in a transaction of its own after the batch rolled back.
+const REPORT_FAILURE: &str = "SELECT eventstore.projection_failed($1, $2, $3, $4, $5)";
 
 /// Partition counts the resizer moves the partitioned targets between.
 const PARTITION_COUNTS: (u64, u64) = (1, 4);
@@ -146,7 +181,7 @@ pub(crate) use in_scope;
 
 /// The naive catch-up: everything past our own checkpoint, no lock, no barrier.
 const NAIVE_FETCH: &str = concat!("\
-SELECT e.position, e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, 0
+SELECT e.position, e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, 0, false
   FROM eventstore.events e
  WHERE e.position > coalesce((SELECT checkpoint FROM stress_naive_checkpoints
                                WHERE projection = $1 AND instance_key = $2), 0)
@@ -198,6 +233,42 @@ struct Fetched {
     sequences: Vec<i64>,
     /// The partition the batch came from (0 for a projection not partitioned).
     partition: i32,
+    /// Which events are poison (always false for a target without a poison policy).
+    poison: Vec<bool>,
+}
+
+impl Fetched {
+    /// The first `n` events.
+    fn prefix(&self, n: usize) -> Fetched {
+        Fetched { positions: self.positions[..n].to_vec(), aggregates: self.aggregates[..n].to_vec(),
+                  sequences: self.sequences[..n].to_vec(), partition: self.partition, poison: self.poison[..n].to_vec() }
+    }
+}
+
+/// What the partitioned targets' workers saw of poison events and mid-batch kills.
+#[derive(Default)]
+pub struct PoisonReport {
+    /// Batches that failed on a poison event and were rolled back.
+    pub failures: u64,
+    /// Failures reported with projection_failed (committed).
+    pub reported: u64,
+    /// Reports refused with 22023 because the event had been passed meanwhile (another worker
+    /// reported the same failure first and the event was parked), expected.
+    pub late: u64,
+    /// Batches whose backend was terminated mid-batch (after they were applied, before COMMIT).
+    pub killed: Vec<i64>,
+    /// Drains stopped because a poison event kept failing and was never parked.
+    pub never_parked: Vec<String>,
+}
+
+impl PoisonReport {
+    fn add(&mut self, other: PoisonReport) {
+        self.failures += other.failures;
+        self.reported += other.reported;
+        self.late += other.late;
+        self.killed.extend(other.killed);
+        self.never_parked.extend(other.never_parked);
+    }
 }
 
 #[derive(Default)]
@@ -206,6 +277,7 @@ pub struct WorkerReport {
     /// Batches whose COMMIT the client saw succeed.
     pub committed: Vec<i64>,
     pub rolled_back: u64,
+    pub poison: PoisonReport,
     pub tally: Tally,
 }
 
@@ -214,6 +286,7 @@ impl WorkerReport {
         self.intervals.extend(other.intervals);
         self.committed.extend(other.committed);
         self.rolled_back += other.rolled_back;
+        self.poison.add(other.poison);
         self.tally.add(other.tally);
     }
 }
@@ -225,6 +298,8 @@ struct Worker<'r> {
     link: Link<'r>,
     rng: Rng,
     report: WorkerReport,
+    /// Transactions in a row that failed on a poison event.
+    failures_in_a_row: usize,
 }
 
 pub fn worker(run: &Run, id: usize) -> Result<WorkerReport, String> {
@@ -245,7 +320,12 @@ pub fn drain(run: &Run) -> Result<WorkerReport, String> {
     for (index, target) in targets(run).iter().enumerate() {
         let (mut batches, mut empty) = (0, 0);
         let empty_drains = if target.partitioned { EMPTY_DRAINS } else { 1 };
+        worker.failures_in_a_row = 0;
         while empty < empty_drains {
+            if worker.failures_in_a_row >= MAX_FAILURES_IN_A_ROW {
+                worker.report.poison.never_parked.push(target.name());
+                break;
+            }
             if worker.transaction(index, &DRAIN)? > 0 {
                 empty = 0;
             } else {
@@ -260,11 +340,18 @@ pub fn drain(run: &Run) -> Result<WorkerReport, String> {
     Ok(worker.finish())
 }
 
-/// Gives the partitioned targets their first partition count (before the load).
+/// Gives the partitioned targets their first partition count and their poison policy (before
+/// the load).
 pub fn define_partitions(client: &mut Client) -> Result<(), postgres::Error> {
-    client.batch_execute("DELETE FROM eventstore.projections WHERE projection = 'split'")?;
+    client.batch_execute("DELETE FROM eventstore.projections WHERE projection = 'split';
+                          DELETE FROM eventstore.projection_failures WHERE projection = 'split';
+                          DELETE FROM eventstore.parked_events WHERE projection = 'split'")?;
     for target in TARGETS.iter().filter(|t| t.partitioned) {
         client.execute("SELECT eventstore.set_partitions($1, $2, 2)", &[&target.projection, &target.instance_id])?;
+        if let Some(policy) = target.poison {
+            client.execute("SELECT eventstore.set_poison_policy($1, $2, $3, $4)",
+                &[&target.projection, &target.instance_id, &policy.max_attempts, &policy.hold_aggregate])?;
+        }
     }
     Ok(())
 }
@@ -318,7 +405,8 @@ impl<'r> Worker<'r> {
     fn new(run: &'r Run, id: usize, name: &str) -> Self {
         let mode = if run.options.unsafe_mode { Mode::Naive } else { Mode::Safe };
         let rng = Rng::for_thread(run.options.seed, 200 + id as u64);
-        Worker { run, id, mode, link: Link::new(run, name.to_string()), rng, report: WorkerReport::default() }
+        Worker { run, id, mode, link: Link::new(run, name.to_string()), rng, report: WorkerReport::default(),
+                 failures_in_a_row: 0 }
     }
 
     fn finish(self) -> WorkerReport {
@@ -337,45 +425,98 @@ impl<'r> Worker<'r> {
         };
         let slow = self.rng.chance(pace.slow_percent).then(|| self.rng.between(SLOW_APPLY_MS.0, SLOW_APPLY_MS.1));
         let commit = !self.rng.chance(pace.rollback_percent);
+        let kill = TARGETS[target].partitioned && self.rng.chance(pace.kill_percent);
         let batch = self.run.next_batch.fetch_add(1, Ordering::Relaxed);
         let (run, mode, wait) = (self.run, self.mode, pace.wait);
+        let pid = self.link.pid()?;
         let client = self.link.client()?;
 
         let mut opened: Option<u64> = None;
         let mut fetched_count = 0;
         let mut partition = 0;
-        let result = (|| -> Result<(), postgres::Error> {
+        let mut killed = false;
+        let result = (|| -> Result<Ending, postgres::Error> {
             client.batch_execute(begin)?;
             let fetched = fetch(client, mode, &TARGETS[target], batch_size, wait)?;
             partition = fetched.partition;
             fetched_count = fetched.positions.len();
             if fetched_count == 0 {
-                return client.batch_execute("COMMIT");
+                client.batch_execute("COMMIT")?;
+                return Ok(Ending::Empty);
             }
             opened = Some(run.clock.tick());
             if let Some(ms) = slow {
                 std::thread::sleep(Duration::from_millis(ms));
             }
-            apply(client, mode, &TARGETS[target], batch, self.id, &fetched)?;
+            // The handler applies the events in order and fails on the first poison one.
+            let poison = fetched.poison.iter().position(|&p| p);
+            let applied = poison.unwrap_or(fetched_count);
+            if applied > 0 {
+                apply(client, mode, &TARGETS[target], batch, self.id, &fetched.prefix(applied))?;
+            }
             let close = run.clock.tick();
             self.report.intervals.push(Interval { target, partition, worker: self.id, open: opened.take().unwrap(), close });
-            client.batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+            if let Some(n) = poison {
+                client.batch_execute("ROLLBACK")?;
+                return Ok(Ending::Failed { position: fetched.positions[n] });
+            }
+            // Killed mid-batch: the backend is gone before COMMIT is sent, which then fails.
+            killed = kill && run.kill_requests.terminate(pid);
+            client.batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })?;
+            Ok(if commit { Ending::Committed } else { Ending::RolledBack })
         })();
 
         match result {
-            Ok(()) if fetched_count == 0 => {}
-            Ok(()) if commit => self.report.committed.push(batch),
-            Ok(()) => self.report.rolled_back += 1,
+            Ok(Ending::Empty) => self.failures_in_a_row = 0,
+            Ok(Ending::Committed) => {
+                self.failures_in_a_row = 0;
+                self.report.committed.push(batch);
+            }
+            Ok(Ending::RolledBack) => self.report.rolled_back += 1,
+            Ok(Ending::Failed { position }) => {
+                self.failures_in_a_row += 1;
+                self.report.poison.failures += 1;
+                self.report_failure(&TARGETS[target], partition, position)?;
+            }
             Err(error) => {
                 let ended = self.link.failed(&error);
                 if let Some(open) = opened {
                     let (Ended::Lost { at } | Ended::RolledBack { at }) = ended;
                     self.report.intervals.push(Interval { target, partition, worker: self.id, open, close: at.max(open) });
                 }
+                if killed {
+                    self.report.poison.killed.push(batch);
+                }
             }
         }
         Ok(fetched_count)
     }
+
+    /// Reports a handler failure in a transaction of its own, after the batch rolled back (G13).
+    /// Refused with 22023 when the event was passed meanwhile (another worker's report of the
+    /// same failure reached max_attempts first and the event was parked): expected.
+    fn report_failure(&mut self, target: &Target, partition: i32, position: i64) -> Result<(), String> {
+        let client = self.link.client()?;
+        match client.execute(REPORT_FAILURE,
+                             &[&target.projection, &target.instance_id, &partition, &POISON_ERROR, &position]) {
+            Ok(_) => self.report.poison.reported += 1,
+            Err(error) if error.code() == Some(&SqlState::INVALID_PARAMETER_VALUE) => self.report.poison.late += 1,
+            Err(error) => {
+                self.link.failed(&error);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a worker's transaction ended, when no statement failed.
+enum Ending {
+    /// Nothing fetched (busy, or up to date), committed.
+    Empty,
+    Committed,
+    RolledBack,
+    /// The handler failed on the poison event at `position`; rolled back.
+    Failed { position: i64 },
 }
 
 fn fetch(client: &mut Client, mode: Mode, target: &Target, batch_size: i32, wait: bool)
@@ -395,6 +536,7 @@ fn fetch(client: &mut Client, mode: Mode, target: &Target, batch_size: i32, wait
         fetched.aggregates.push(aggregate_name(row.get(1), row.get(2), row.get(3)));
         fetched.sequences.push(row.get(4));
         fetched.partition = row.get(5);
+        fetched.poison.push(target.poison.is_some() && row.get::<_, bool>(6));
     }
     Ok(fetched)
 }
