@@ -192,9 +192,30 @@ pub fn held_by_me(key: LockKey, mode: pg_sys::LOCKMODE) -> bool {
 }
 
 /// Takes `key` shared until the transaction ends (a floor: nobody ever holds it exclusively, so
-/// this never waits).
+/// this never waits), owned by the transaction itself rather than by the statement's portal, so
+/// that [`release_shared`] can release it at commit: an unnamed portal of the extended protocol
+/// (or of Citus delegating a call to a worker) still owns its locks when the commit callbacks
+/// run, and releasing them from there would only warn "you don't own a lock".
 pub fn acquire_shared(key: LockKey) {
-    acquire(key, SHARED);
+    as_transaction_owner(|| acquire(key, SHARED));
+}
+
+/// Releases a hold taken with [`acquire_shared`].
+pub fn release_shared(key: LockKey) {
+    as_transaction_owner(|| release(key, SHARED));
+}
+
+fn as_transaction_owner(f: impl FnOnce()) {
+    // SAFETY: TopTransactionResourceOwner lives until the transaction's resources are released,
+    // after every callback; the current owner is restored at once (on error, the abort resets it).
+    unsafe {
+        let saved = pg_sys::CurrentResourceOwner;
+        if !pg_sys::TopTransactionResourceOwner.is_null() {
+            pg_sys::CurrentResourceOwner = pg_sys::TopTransactionResourceOwner;
+        }
+        f();
+        pg_sys::CurrentResourceOwner = saved;
+    }
 }
 
 /// One of our keys held by a transaction, as the lock table reports it.

@@ -79,7 +79,7 @@ pub fn transaction_ended() {
     // (The local transaction id is already cleared here: the key alone tells.)
     if let Some(taken) = TAKEN.take() {
         if locks::held_by_me(taken.key, SHARED) && !mutants::FLOOR_RELEASED_LATE {
-            locks::release(taken.key, SHARED);
+            locks::release_shared(taken.key);
         }
     }
 }
@@ -91,7 +91,7 @@ pub fn transaction_ended() {
 pub fn subtransaction_aborted(rolled_back: pg_sys::SubTransactionId) {
     if let Some(taken) = TAKEN.get().filter(|t| t.subtransaction >= rolled_back) {
         if locks::held_by_me(taken.key, SHARED) {
-            locks::release(taken.key, SHARED);
+            locks::release_shared(taken.key);
         }
         TAKEN.set(None);
     }
