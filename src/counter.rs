@@ -35,7 +35,7 @@ fn next_number(scope: Option<&str>, tenant: Option<&str>) -> i64 {
     let tenant = match (&caller, tenant) {
         (Scope::Tenant(own), "") => own.as_str(),
         (_, "") => {
-            crate::citus::require_local("", "next_number");
+            tenancy::as_owner(|| crate::citus::require_local("", "next_number"));
             ""
         }
         (_, tenant) => {

@@ -148,6 +148,19 @@ check "the waiter woke with true" t "$(cat "$out/waiter")"
 check "within 3 s of its start (the push came after 1 s; it took ${waited_ms} ms)" t \
     "$([ "$waited_ms" -lt 3000 ] && echo t || echo f)"
 
+echo "== a tenant binding reaches the workers (ALTER ROLE ... SET, propagated by Citus)"
+psql_at "$port" >/dev/null <<'SQL'
+CREATE ROLE app_acme LOGIN;
+GRANT eventstore_writer TO app_acme;
+ALTER ROLE app_acme SET eventstore.tenant = 'acme';
+SQL
+as_app() { as_postgres "$PG_BIN/psql" -X -q -At -v VERBOSITY=verbose -h 127.0.0.1 -p "$port" -U app_acme -d eventstore -c "$1" 2>&1; }
+check "a session of the role bound to acme pushes to acme on acme's worker" 1 \
+    "$(as_app "SELECT count(*) FROM eventstore.push('acme', ARRAY[eventstore.command('acme', 'order', 'bound', 'placed')])")"
+check "and is refused another tenant there (42501)" 42501 \
+    "$(as_app "SELECT count(*) FROM eventstore.push('globex', ARRAY[eventstore.command('globex', 'order', 'bound', 'placed')])" \
+        | sed -n 's/^ERROR:  \([0-9A-Z]\{5\}\):.*/\1/p')"
+
 echo "== the locality guard"
 check "a push run on the coordinator (not delegated) is refused (ES421)" ES421 \
     "$(sqlstate "$port" "SELECT * FROM eventstore.push(ARRAY[eventstore.command('acme', 'a', '1', 'e')])")"
@@ -160,7 +173,7 @@ check "a catch-up run on the worker without the tenant's shard is refused (ES421
     "$(sqlstate "$(other_worker acme)" "SELECT * FROM eventstore.projection_catchup('totals', 'acme')")"
 check "a global catch-up is refused (0A000)" 0A000 \
     "$(sqlstate "$port" "SELECT * FROM eventstore.projection_catchup('everything')")"
-check "nothing was written by the refused calls" 73 "$(value "SELECT count(*) FROM eventstore.events")"
+check "nothing was written by the refused calls" 74 "$(value "SELECT count(*) FROM eventstore.events")"
 
 echo "== a shard move in the middle of pushes and catch-ups"
 mover=hooli
@@ -190,7 +203,10 @@ sleep 1
 shard=$(value "SELECT get_shard_id_for_distribution_column('eventstore.events', '$mover')")
 psql_at "$port" -At -c "SELECT citus_move_shard_placement($shard, '127.0.0.1', $from, '127.0.0.1', $to,
                                                          shard_transfer_mode => 'block_writes')" >/dev/null
+moved_after=$(wc -l < "$out/pushed")
 wait "$pusher" "$catcher"
+check "the move finished mid-run (after $moved_after of $pushes pushes)" t \
+    "$([ "$moved_after" -gt 0 ] && [ "$moved_after" -lt "$pushes" ] && echo t || echo f)"
 check "the shard moved to the other worker" "$to" "$(node_of "$mover")"
 for _ in $(seq 1 20); do   # drain what is left
     psql_at "$port" -At -c "SELECT position FROM eventstore.tenant_catchup('$mover', 'moved', 1000)" >> "$out/handed"
