@@ -664,3 +664,165 @@ GRANT EXECUTE ON FUNCTION
     eventstore.discard_parked(text, text, bigint[])
     TO eventstore_projector;
 GRANT EXECUTE ON FUNCTION eventstore.reset_projection(text, text, integer, bigint) TO eventstore_projector;
+
+-- Tenant-first forms (README "Running on Citus"): the calls of one tenant, the instance first
+-- and required, never NULL. On one node they are push, projection_catchup, lock_projection,
+-- await_writers and wait_for_events for that instance; on Citus, eventstore.distribute() has
+-- Citus delegate each call to the node that holds the tenant's shard, by its first argument.
+CREATE FUNCTION eventstore.push(instance_id text, commands eventstore.command[])
+RETURNS SETOF eventstore.pushed
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'push_tenant_commands_wrapper';
+COMMENT ON FUNCTION eventstore.push(text, eventstore.command[]) IS
+    'push for one tenant: every command must name instance_id (22023 otherwise). The form Citus '
+    'delegates to the tenant''s node.';
+
+CREATE FUNCTION eventstore.push(instance_id text, commands jsonb)
+RETURNS SETOF eventstore.pushed
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'push_tenant_json_wrapper';
+COMMENT ON FUNCTION eventstore.push(text, jsonb) IS
+    'push(instance_id, commands) with a JSON array of command objects.';
+
+CREATE FUNCTION eventstore.push(instance_id text, commands text)
+RETURNS SETOF eventstore.pushed
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM eventstore.push(instance_id, commands::jsonb) $$;
+COMMENT ON FUNCTION eventstore.push(text, text) IS
+    'push(instance_id, jsonb) for a JSON text, so that an untyped parameter needs no cast.';
+
+CREATE FUNCTION eventstore.tenant_catchup(
+    instance_id     text,
+    projection      text,
+    batch_size      integer DEFAULT 1000,
+    aggregate_types text[]  DEFAULT NULL,
+    event_types     text[]  DEFAULT NULL,
+    wait            boolean DEFAULT false
+) RETURNS SETOF eventstore.events
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'tenant_catchup_batch';
+COMMENT ON FUNCTION eventstore.tenant_catchup(text, text, integer, text[], text[], boolean) IS
+    'projection_catchup for one tenant (G4-G7): the instance first and required.';
+
+CREATE FUNCTION eventstore.tenant_lock_projection(
+    instance_id text,
+    projection  text,
+    wait        boolean DEFAULT false
+) RETURNS boolean
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'tenant_lock_projection_wrapper';
+COMMENT ON FUNCTION eventstore.tenant_lock_projection(text, text, boolean) IS
+    'lock_projection for one tenant (G6): the instance first and required.';
+
+CREATE FUNCTION eventstore.tenant_await_writers(instance_id text)
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'tenant_await_writers_wrapper';
+COMMENT ON FUNCTION eventstore.tenant_await_writers(text) IS
+    'await_writers for one tenant (G4): the instance required.';
+
+CREATE FUNCTION eventstore.tenant_wait_for_events(
+    instance_id text,
+    projection  text,
+    timeout_ms  integer DEFAULT 10000
+) RETURNS boolean
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'tenant_wait_for_events_wrapper';
+COMMENT ON FUNCTION eventstore.tenant_wait_for_events(text, text, integer) IS
+    'wait_for_events for one tenant (G15): the instance first and required.';
+
+-- Distributing with Citus (README "Running on Citus"): the tables of tenants' data distributed
+-- by tenant and colocated, position unique per tenant, the tenant functions delegated to the
+-- node of the tenant's shard. Run once, on the coordinator, as a superuser.
+CREATE FUNCTION eventstore.distribute(shard_count integer DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $distribute$
+DECLARE
+    tenant_function text;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'eventstore.distribute() distributes eventstore''s tables with Citus, '
+                           'and the extension citus is not in this database.',
+                  HINT = 'Run CREATE EXTENSION citus on the coordinator and add the workers '
+                         'first, or keep eventstore on one node.';
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition
+                WHERE logicalrelid = 'eventstore.events'::pg_catalog.regclass) THEN
+        RAISE EXCEPTION 'eventstore is already distributed'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'eventstore.events is already a Citus distributed table.';
+    END IF;
+    IF EXISTS (SELECT FROM eventstore.projection_states WHERE instance_id IS NULL)
+       OR EXISTS (SELECT FROM eventstore.projections WHERE instance_id IS NULL) THEN
+        RAISE EXCEPTION 'global projections cannot be distributed'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'A checkpoint or definition of a global projection (instance_id '
+                           'NULL) exists; on Citus there is no order across tenants.',
+                  HINT = 'Run each global projection as one projection per tenant, then '
+                         'delete the global rows (README "Running on Citus").';
+    END IF;
+    -- A distributed unique constraint must include the distribution column.
+    ALTER TABLE eventstore.events DROP CONSTRAINT events_position_key;
+    ALTER TABLE eventstore.events
+        ADD CONSTRAINT events_instance_position_key UNIQUE (instance_id, position);
+    DROP INDEX eventstore.events_id_key;
+    CREATE UNIQUE INDEX events_id_key ON eventstore.events (instance_id, id) WHERE id IS NOT NULL;
+    PERFORM pg_catalog.create_distributed_table('eventstore.events', 'instance_id',
+        shard_count => shard_count);
+    PERFORM pg_catalog.create_distributed_table('eventstore.projection_states', 'instance_id',
+        colocate_with => 'eventstore.events');
+    PERFORM pg_catalog.create_distributed_table('eventstore.counters', 'tenant',
+        colocate_with => 'eventstore.events');
+    FOREACH tenant_function IN ARRAY ARRAY[
+        'eventstore.push(text, eventstore.command[])',
+        'eventstore.push(text, jsonb)',
+        'eventstore.push(text, text)',
+        'eventstore.tenant_catchup(text, text, integer, text[], text[], boolean)',
+        'eventstore.tenant_lock_projection(text, text, boolean)',
+        'eventstore.tenant_await_writers(text)',
+        'eventstore.tenant_wait_for_events(text, text, integer)']
+    LOOP
+        PERFORM pg_catalog.create_distributed_function(tenant_function::pg_catalog.regprocedure, 'instance_id',
+            colocate_with => 'eventstore.events', force_delegation => true);
+    END LOOP;
+    PERFORM pg_catalog.create_distributed_function('eventstore.next_number(text, text)'::pg_catalog.regprocedure, 'tenant',
+        colocate_with => 'eventstore.events', force_delegation => true);
+END
+$distribute$;
+COMMENT ON FUNCTION eventstore.distribute(integer) IS
+    'On Citus: distributes events, projection_states and counters by tenant, colocated '
+    '(position unique per tenant), and delegates the tenant functions to the tenant''s node. '
+    'Refused (0A000) without Citus.';
+
+REVOKE ALL ON FUNCTION
+    eventstore.push(text, eventstore.command[]),
+    eventstore.push(text, jsonb),
+    eventstore.push(text, text),
+    eventstore.tenant_catchup(text, text, integer, text[], text[], boolean),
+    eventstore.tenant_lock_projection(text, text, boolean),
+    eventstore.tenant_await_writers(text),
+    eventstore.tenant_wait_for_events(text, text, integer),
+    eventstore.distribute(integer)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    eventstore.push(text, eventstore.command[]),
+    eventstore.push(text, jsonb),
+    eventstore.push(text, text)
+    TO eventstore_writer;
+GRANT EXECUTE ON FUNCTION
+    eventstore.tenant_catchup(text, text, integer, text[], text[], boolean),
+    eventstore.tenant_lock_projection(text, text, boolean),
+    eventstore.tenant_await_writers(text),
+    eventstore.tenant_wait_for_events(text, text, integer)
+    TO eventstore_projector;

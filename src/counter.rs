@@ -34,7 +34,10 @@ fn next_number(scope: Option<&str>, tenant: Option<&str>) -> i64 {
     let caller = tenancy::caller_scope();
     let tenant = match (&caller, tenant) {
         (Scope::Tenant(own), "") => own.as_str(),
-        (_, "") => "",
+        (_, "") => {
+            tenancy::as_owner(|| crate::citus::require_local("", "next_number"));
+            ""
+        }
         (_, tenant) => {
             let tenant = require_identifier("tenant", Some(tenant));
             caller.check(tenant, "next_number");

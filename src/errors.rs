@@ -44,6 +44,13 @@ pub const VERSION_CONFLICT: OwnState = OwnState("ES409");
 /// written (G14).
 pub const ID_ALREADY_USED: OwnState = OwnState("ES422");
 
+/// ES421: on Citus, a call for a tenant whose shard is on another node (a call that was not
+/// delegated to the tenant's worker). Its locks and positions would be another node's, so it
+/// is refused before anything is locked or written (DESIGN.md trap 17). Not retryable here:
+/// the caller must send the call through the coordinator's delegation (README "Running on
+/// Citus").
+pub const NOT_LOCAL: OwnState = OwnState("ES421");
+
 impl OwnState {
     /// PostgreSQL's encoding of the five characters (MAKE_SQLSTATE, utils/elog.h).
     fn encoded(self) -> i32 {

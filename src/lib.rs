@@ -18,8 +18,9 @@ mod wakeup; // wait_for_events, NOTIFY
 // The mechanisms they share.
 mod horizon; // await_writers, horizon_mode; floors, the barrier and the registry
 mod locks; // lock keys and the lock manager
-mod positions; // the position sequence
 mod tenancy; // who is calling, and on whose behalf statements run
+mod citus; // on Citus: the locality guard, no global scope, positions across shard moves
+mod positions; // the position sequence
 
 // The ground floor.
 mod checks; // input checks

@@ -13,12 +13,16 @@
 //! the only way to write an event or a checkpoint is through them, with their locks (G3, G4).
 //! Direct reads (`SELECT` by `eventstore_reader`) are filtered by the tables' policies on the
 //! same setting (sql/eventstore.sql).
+//!
+//! On Citus (src/citus.rs) the same two checks also refuse a tenant whose shard is on another
+//! node, and a call over every instance.
 
 use std::ffi::CStr;
 
 use pgrx::pg_sys;
 
 use crate::checks::truncate;
+use crate::citus;
 use crate::errors;
 use crate::mutants;
 use crate::query;
@@ -58,8 +62,15 @@ pub fn caller_scope() -> Scope {
 }
 
 impl Scope {
-    /// Refuses an instance outside the scope (42501). `what` names the call for the detail.
+    /// Refuses an instance outside the scope (42501), and on Citus one whose shard is on
+    /// another node (ES421, src/citus.rs). `what` names the call for the detail.
     pub fn check(&self, instance_id: &str, what: &str) {
+        self.check_tenant(instance_id, what);
+        // As the owner: Citus's shard lookup checks privileges on the table.
+        as_owner(|| citus::require_local(instance_id, what));
+    }
+
+    fn check_tenant(&self, instance_id: &str, what: &str) {
         if let Scope::Tenant(tenant) = self {
             if tenant != instance_id && !mutants::NO_TENANT_CHECK {
                 errors::raise(errors::NOT_ALLOWED,
@@ -81,8 +92,14 @@ impl Scope {
                 self.check(instance_id, what);
                 Some(instance_id)
             }
-            (Scope::Tenant(tenant), None) => Some(tenant.as_str()),
-            (Scope::Every, None) => None,
+            (Scope::Tenant(tenant), None) => {
+                as_owner(|| citus::require_local(tenant, what));
+                Some(tenant.as_str())
+            }
+            (Scope::Every, None) => {
+                as_owner(|| citus::refuse_global(what));
+                None
+            }
         }
     }
 }

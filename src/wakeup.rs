@@ -90,10 +90,21 @@ pub fn wake<'a>(instance_ids: impl IntoIterator<Item = &'a str>) {
 /// `timeout_ms` passes first. Sleeps on the latch, never polls.
 #[pg_extern(sql = false)]
 fn wait_for_events(projection: Option<&str>, instance_id: Option<&str>, timeout_ms: Option<i32>) -> bool {
+    sleep_for_events(projection, optional_identifier("instance_id", instance_id), timeout_ms, "wait_for_events")
+}
+
+/// `eventstore.tenant_wait_for_events(instance_id, projection, timeout_ms)`: wait_for_events
+/// for one tenant, the instance first and required.
+#[pg_extern(sql = false)]
+fn tenant_wait_for_events(instance_id: Option<&str>, projection: Option<&str>, timeout_ms: Option<i32>) -> bool {
+    let instance_id = require_identifier("instance_id", instance_id);
+    sleep_for_events(projection, Some(instance_id), timeout_ms, "tenant_wait_for_events")
+}
+
+fn sleep_for_events(projection: Option<&str>, instance_id: Option<&str>, timeout_ms: Option<i32>, what: &str) -> bool {
     let projection = require_identifier("projection", projection);
-    let instance_id = optional_identifier("instance_id", instance_id);
     let scope = tenancy::caller_scope();
-    let instance_id = scope.resolve(instance_id, "wait_for_events");
+    let instance_id = scope.resolve(instance_id, what);
     let timeout_ms = match timeout_ms {
         Some(t) if (0..=MAX_WAIT_MS).contains(&t) => t as i64,
         other => errors::raise(errors::INVALID_VALUE, "timeout_ms is out of range".into(),

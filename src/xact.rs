@@ -31,6 +31,7 @@ use std::collections::BTreeSet;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use crate::citus;
 use crate::horizon;
 use crate::wakeup;
 
@@ -108,9 +109,13 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
             // The outcome is visible to every snapshot taken from now on.
             horizon::transaction_ended();
             wake(&WRITTEN.take());
+            citus::transaction_ended();
         }
         XACT_EVENT_PRE_PREPARE => horizon::refuse_prepare(),
-        XACT_EVENT_PREPARE => drop(WRITTEN.take()),
+        XACT_EVENT_PREPARE => {
+            drop(WRITTEN.take());
+            citus::transaction_ended();
+        }
         _ => {}
     }
 }

@@ -54,17 +54,25 @@ struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
-    /// Reads the six arguments both catch-up functions take, checked, with the instance
-    /// resolved for the caller's tenant; and `wait`.
+    /// Reads the six arguments the catch-up functions take, checked, with the instance
+    /// resolved for the caller's tenant; and `wait`. `Order::TenantFirst` (tenant_catchup):
+    /// the instance comes first and is required.
     ///
     /// # Safety
-    /// `fcinfo` is a call of a function declared with catch-up's six argument types.
-    unsafe fn from_arguments(fcinfo: pg_sys::FunctionCallInfo, scope: &'a tenancy::Scope, what: &str) -> (Self, bool) {
+    /// `fcinfo` is a call of a function declared with catch-up's six argument types, the
+    /// projection and the instance in `order`.
+    unsafe fn from_arguments(fcinfo: pg_sys::FunctionCallInfo, scope: &'a tenancy::Scope, what: &str,
+                             order: Order) -> (Self, bool) {
         // SAFETY: by the caller's promise, argument i has the type read here (NULL is None).
         unsafe {
-            let instance_id = optional_identifier("instance_id", pg_getarg::<&str>(fcinfo, 1));
+            let (projection, instance_id) = match order {
+                Order::ProjectionFirst => (pg_getarg::<&str>(fcinfo, 0),
+                    optional_identifier("instance_id", pg_getarg::<&str>(fcinfo, 1))),
+                Order::TenantFirst => (pg_getarg::<&str>(fcinfo, 1),
+                    Some(require_identifier("instance_id", pg_getarg::<&str>(fcinfo, 0)))),
+            };
             let request = Request {
-                projection: require_identifier("projection", pg_getarg::<&str>(fcinfo, 0)),
+                projection: require_identifier("projection", projection),
                 instance_id: scope.resolve(instance_id, what),
                 batch_size: check_batch_size(pg_getarg::<i32>(fcinfo, 2)),
                 aggregate_types: type_filter("aggregate_types", pg_getarg::<Vec<Option<String>>>(fcinfo, 3)),
@@ -73,6 +81,16 @@ impl<'a> Request<'a> {
             (request, pg_getarg::<bool>(fcinfo, 5).unwrap_or(false))
         }
     }
+}
+
+/// Where a catch-up function takes the projection and the instance.
+#[derive(Clone, Copy)]
+enum Order {
+    /// `projection_catchup(projection, instance_id DEFAULT NULL, ...)`.
+    ProjectionFirst,
+    /// `tenant_catchup(instance_id, projection, ...)`: the tenant-first form, which Citus
+    /// delegates to the tenant's node by its first argument (README "Running on Citus").
+    TenantFirst,
 }
 
 #[no_mangle]
@@ -92,11 +110,40 @@ pub extern "C" fn pg_finfo_projection_catchup_batch() -> &'static pg_sys::Pg_fin
 #[no_mangle]
 pub unsafe extern "C-unwind" fn projection_catchup_batch(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: fcinfo is PostgreSQL's call of the SQL function declared with these six argument
-    // types; InitMaterializedSRF sets up the result tuplestore and descriptor we then fill, as
-    // the function manager expects.
+    // types, projection first.
+    unsafe { catchup(fcinfo, "projection_catchup", Order::ProjectionFirst) }
+}
+
+#[no_mangle]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_tenant_catchup_batch() -> &'static pg_sys::Pg_finfo_record {
+    static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `eventstore.tenant_catchup(instance_id, projection, batch_size, aggregate_types,
+/// event_types, wait)`: projection_catchup for one tenant, the instance first and required.
+///
+/// # Safety
+/// Called by PostgreSQL's function manager with the arguments declared in sql/eventstore.sql.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn tenant_catchup_batch(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: fcinfo is PostgreSQL's call of the SQL function declared with these six argument
+    // types, instance first.
+    unsafe { catchup(fcinfo, "tenant_catchup", Order::TenantFirst) }
+}
+
+/// One catch-up call: the next batch of an unpartitioned projection, as a materialized set.
+///
+/// # Safety
+/// `fcinfo` is a call of a function declared with catch-up's six argument types in `order`.
+unsafe fn catchup(fcinfo: pg_sys::FunctionCallInfo, what: &str, order: Order) -> pg_sys::Datum {
+    // SAFETY: by the caller's promise; InitMaterializedSRF sets up the result tuplestore and
+    // descriptor we then fill, as the function manager expects.
     unsafe {
         let scope = tenancy::caller_scope();
-        let (request, wait) = Request::from_arguments(fcinfo, &scope, "projection_catchup");
+        let (request, wait) = Request::from_arguments(fcinfo, &scope, what, order);
         pg_sys::InitMaterializedSRF(fcinfo, pg_sys::MAT_SRF_USE_EXPECTED_DESC);
         let result = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
         horizon::refuse_while_writing();
@@ -117,10 +164,22 @@ pub unsafe extern "C-unwind" fn projection_catchup_batch(fcinfo: pg_sys::Functio
 /// It is partition 0's lock.
 #[pg_extern(sql = false)]
 fn lock_projection(projection: Option<&str>, instance_id: Option<&str>, wait: Option<bool>) -> bool {
-    let projection = require_identifier("projection", projection);
     let instance_id = optional_identifier("instance_id", instance_id);
+    take_projection_lock(projection, instance_id, wait, "lock_projection")
+}
+
+/// `eventstore.tenant_lock_projection(instance_id, projection, wait)`: lock_projection for one
+/// tenant, the instance first and required.
+#[pg_extern(sql = false)]
+fn tenant_lock_projection(instance_id: Option<&str>, projection: Option<&str>, wait: Option<bool>) -> bool {
+    let instance_id = require_identifier("instance_id", instance_id);
+    take_projection_lock(projection, Some(instance_id), wait, "tenant_lock_projection")
+}
+
+fn take_projection_lock(projection: Option<&str>, instance_id: Option<&str>, wait: Option<bool>, what: &str) -> bool {
+    let projection = require_identifier("projection", projection);
     let scope = tenancy::caller_scope();
-    let instance_id = scope.resolve(instance_id, "lock_projection");
+    let instance_id = scope.resolve(instance_id, what);
     let wait = wait.unwrap_or(false);
     if wait {
         // A catch-up holding the projection may be waiting for this transaction's writes.

@@ -21,7 +21,7 @@ use std::cell::Cell;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::{for_instance, hand_out, Handed, Horizon, Request};
+use super::{for_instance, hand_out, Handed, Horizon, Order, Request};
 use crate::checks::{optional_identifier, require_identifier, truncate};
 use crate::errors;
 use crate::horizon;
@@ -165,7 +165,7 @@ pub unsafe extern "C-unwind" fn partition_catchup_batch(fcinfo: pg_sys::Function
     // materialized result whose descriptor is the partition number and the event's columns.
     unsafe {
         let scope = tenancy::caller_scope();
-        let (request, wait) = Request::from_arguments(fcinfo, &scope, "partition_catchup");
+        let (request, wait) = Request::from_arguments(fcinfo, &scope, "partition_catchup", Order::ProjectionFirst);
         pg_sys::InitMaterializedSRF(fcinfo, pg_sys::MAT_SRF_USE_EXPECTED_DESC);
         let result = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
         horizon::refuse_while_writing();

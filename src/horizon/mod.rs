@@ -174,9 +174,19 @@ fn horizon_mode() -> &'static str {
 /// write in flight.
 #[pg_extern(sql = false)]
 fn await_writers(instance_id: Option<&str>) -> i64 {
-    let instance_id = optional_identifier("instance_id", instance_id);
+    writers_awaited(optional_identifier("instance_id", instance_id), "await_writers")
+}
+
+/// `eventstore.tenant_await_writers(instance_id)`: await_writers for one tenant, the instance
+/// required.
+#[pg_extern(sql = false)]
+fn tenant_await_writers(instance_id: Option<&str>) -> i64 {
+    writers_awaited(Some(crate::checks::require_identifier("instance_id", instance_id)), "tenant_await_writers")
+}
+
+fn writers_awaited(instance_id: Option<&str>, what: &str) -> i64 {
     let scope = tenancy::caller_scope();
-    let instance_id = scope.resolve(instance_id, "await_writers");
+    let instance_id = scope.resolve(instance_id, what);
     refuse_while_writing();
     tenancy::as_owner(|| query::with_spi(|| horizon(instance_id)))
 }

@@ -18,7 +18,8 @@ use pgrx::AnyArray;
 mod commands;
 mod native;
 
-use crate::checks::require_identifier;
+use crate::checks::{require_identifier, truncate};
+use crate::citus;
 use crate::errors;
 use crate::horizon;
 use crate::locks;
@@ -80,6 +81,71 @@ fn push_json(commands: Option<JsonbDatum>) -> TableIterator<
     TableIterator::new(append(commands_from_json(commands)))
 }
 
+/// `eventstore.push(instance_id, commands eventstore.command[])`: push for one tenant, the form
+/// Citus delegates to the tenant's node by its first argument. A command for another instance
+/// is refused (22023) before anything is locked.
+#[pg_extern(sql = false)]
+#[allow(clippy::type_complexity)]
+fn push_tenant_commands(instance_id: Option<&str>, commands: Option<AnyArray>) -> TableIterator<
+    'static,
+    (
+        name!(instance_id, String),
+        name!(aggregate_type, String),
+        name!(aggregate_id, String),
+        name!(sequence, i64),
+        name!(position, i64),
+        name!(in_tx_order, i32),
+        name!(created_at, TimestampWithTimeZone),
+        name!(owner, String),
+        name!(id, Option<pgrx::Uuid>),
+    ),
+> {
+    let tenant = require_identifier("instance_id", instance_id);
+    let Some(commands) = commands else {
+        errors::raise(errors::NULL_VALUE, "commands must not be NULL".into(),
+            "push was called with a NULL array.".into(), "Pass an array of eventstore.command.")
+    };
+    TableIterator::new(append(for_tenant(tenant, commands_from_array(commands))))
+}
+
+/// `eventstore.push(instance_id, commands jsonb)`: the same with a JSON array of commands.
+#[pg_extern(sql = false)]
+#[allow(clippy::type_complexity)]
+fn push_tenant_json(instance_id: Option<&str>, commands: Option<JsonbDatum>) -> TableIterator<
+    'static,
+    (
+        name!(instance_id, String),
+        name!(aggregate_type, String),
+        name!(aggregate_id, String),
+        name!(sequence, i64),
+        name!(position, i64),
+        name!(in_tx_order, i32),
+        name!(created_at, TimestampWithTimeZone),
+        name!(owner, String),
+        name!(id, Option<pgrx::Uuid>),
+    ),
+> {
+    let tenant = require_identifier("instance_id", instance_id);
+    let Some(JsonbDatum(commands)) = commands else {
+        errors::raise(errors::NULL_VALUE, "commands must not be NULL".into(),
+            "push was called with a NULL jsonb.".into(), "Pass a JSON array of command objects.")
+    };
+    TableIterator::new(append(for_tenant(tenant, commands_from_json(commands))))
+}
+
+/// The commands of a tenant-first push, each checked to name `tenant` (22023 otherwise).
+fn for_tenant(tenant: &str, commands: Vec<Command>) -> Vec<Command> {
+    if let Some((n, other)) = commands.iter().enumerate().find(|(_, c)| c.instance_id != tenant) {
+        errors::raise(errors::INVALID_VALUE,
+            format!("command {} of the batch is for another tenant", n + 1),
+            format!("push was called for instance \"{}\"; command {} names instance \"{}\".",
+                truncate(tenant, 80), n + 1, truncate(&other.instance_id, 80)),
+            "push(instance_id, commands) appends to one tenant: push each tenant's commands in a \
+             call of its own.");
+    }
+    commands
+}
+
 // ---------------------------------------------------------------------------------------------
 // Appending
 
@@ -93,6 +159,13 @@ fn append(commands: Vec<Command>) -> Vec<Written> {
     // Only pushes that carry ids look them up and insert with ON CONFLICT: the others never
     // touch the id index (its predicate excludes NULL) nor pay for a speculative insertion.
     let carries_ids = commands.iter().any(|c| c.id.is_some());
+    if carries_ids && citus::distributed() {
+        errors::raise(errors::NOT_SUPPORTED, "event ids are not available on Citus".into(),
+            "eventstore's tables are distributed with Citus, where event ids are unique per tenant \
+             only, and a retried push is not recognized by them."
+                .into(),
+            "Push without ids on Citus (README \"Running on Citus\").");
+    }
     let default_creator = tenancy::current_user();
     // SAFETY: reads the current transaction's start time; we are inside a transaction.
     let created_at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
@@ -123,6 +196,8 @@ fn append(commands: Vec<Command>) -> Vec<Written> {
     xact::writing(&instance_ids);
 
     let (written, wrote) = tenancy::as_owner(|| query::with_spi(|| {
+        // On Citus, a tenant moved here may have positions above this node's sequence.
+        citus::raise_positions(&instance_ids);
         // G14: with the aggregates locked, any earlier push to them has ended, so the stored
         // ids are final: a replay is answered from the store before anything is numbered.
         if carries_ids {
@@ -255,6 +330,12 @@ fn replay(commands: &[Command]) -> Option<Vec<Written>> {
     )).collect())
 }
 
+/// The last event of one aggregate (Citus: routed to the tenant's shard by its instance).
+const LAST_EVENT_OF_ONE: &str = "\
+SELECT sequence, owner FROM eventstore.events
+ WHERE instance_id = $1 AND aggregate_type = $2 AND aggregate_id = $3
+ ORDER BY sequence DESC LIMIT 1";
+
 struct PendingRow<'a> {
     command: &'a Command,
     sequence: i64,
@@ -270,6 +351,19 @@ struct PendingRow<'a> {
 /// make pushes to unrelated aggregates fail with 40001.
 fn current_sequences(aggregates: &[(&str, &str, &str)]) -> Vec<(i64, Option<String>)> {
     let mut current = vec![(0i64, None); aggregates.len()];
+    // On Citus one statement per aggregate, each routed to the tenant's shard: the table here
+    // may be only the distributed table's empty shell, which a native scan would read.
+    if citus::distributed() {
+        for (n, (instance_id, aggregate_type, aggregate_id)) in aggregates.iter().enumerate() {
+            let rows = query::run(LAST_EVENT_OF_ONE,
+                &[Arg::new(*instance_id), Arg::new(*aggregate_type), Arg::new(*aggregate_id)],
+                Snapshot::CommittedNow);
+            if rows.len() == 1 {
+                current[n] = (rows.get::<i64>(0, 1).unwrap_or(0), rows.get::<String>(0, 2));
+            }
+        }
+        return current;
+    }
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
     let events = query::relation(c"events");
     // SAFETY: the relations exist (relation() asserted it) and stay open and locked for the
@@ -358,7 +452,8 @@ const INSERT_MANY_WITH_IDS: &str = concat!(insert_many_extended!(), on_conflict!
 /// allows it (src/push/native.rs), else one set-based INSERT. Pushes without ids and metadata
 /// use the statements that never mention them.
 fn insert(rows: &[PendingRow], created_at: pg_sys::TimestampTz, default_creator: &str, carries_ids: bool) {
-    if !carries_ids && native::insert(rows, created_at, default_creator) {
+    // (Not on Citus: there the table may be the distributed table's empty shell.)
+    if !carries_ids && !citus::distributed() && native::insert(rows, created_at, default_creator) {
         return;
     }
     let creator = |r: &PendingRow| r.command.creator.clone().unwrap_or_else(|| default_creator.to_string());
