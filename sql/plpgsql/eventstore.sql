@@ -1854,6 +1854,137 @@ COMMENT ON FUNCTION eventstore.wait_for_events(text, text, integer) IS
     'Sleeps until events past the projection''s checkpoint are committed (true) or timeout_ms '
     'passes (false). SQL edition: polls with back-off (1 to 25 ms), no LISTEN connection.';
 
+-- Tenant-first forms (README "Running on Citus"): the calls of one tenant, the instance first
+-- and required (22004 when NULL). They are push, projection_catchup, lock_projection,
+-- await_writers and wait_for_events for that instance; a refusal for another tenant (42501)
+-- names the function they call. eventstore.distribute() is native only.
+CREATE FUNCTION eventstore_sql.for_tenant(tenant text, commands eventstore.command[])
+RETURNS eventstore.command[]
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+    other text;
+BEGIN
+    -- A command without an instance is left to push, which refuses it (22004).
+    SELECT u.n, u.instance_id INTO n, other
+      FROM unnest(commands) WITH ORDINALITY AS u(instance_id, aggregate_type, aggregate_id,
+               event_type, revision, payload, creator, owner, expected_sequence, id, metadata, n)
+     WHERE u.instance_id <> tenant
+     ORDER BY u.n LIMIT 1;
+    IF n IS NOT NULL THEN
+        PERFORM eventstore_sql.refuse('22023',
+            format('command %s of the batch is for another tenant', n),
+            format('push was called for instance "%s"; command %s names instance "%s".',
+                left(tenant, 80), n, left(other, 80)),
+            'push(instance_id, commands) appends to one tenant: push each tenant''s commands in a '
+            'call of its own.');
+    END IF;
+    RETURN commands;
+END
+$$;
+
+CREATE FUNCTION eventstore.push(instance_id text, commands eventstore.command[])
+RETURNS SETOF eventstore.pushed
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    tenant text := eventstore_sql.identifier('instance_id', instance_id);
+BEGIN
+    IF commands IS NULL THEN
+        PERFORM eventstore_sql.refuse('22004', 'commands must not be NULL',
+            'push was called with a NULL array.', 'Pass an array of eventstore.command.');
+    END IF;
+    RETURN QUERY SELECT * FROM eventstore.push(eventstore_sql.for_tenant(tenant, commands));
+END
+$$;
+COMMENT ON FUNCTION eventstore.push(text, eventstore.command[]) IS
+    'push for one tenant: every command must name instance_id (22023 otherwise).';
+
+CREATE FUNCTION eventstore.push(instance_id text, commands jsonb)
+RETURNS SETOF eventstore.pushed
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    tenant text := eventstore_sql.identifier('instance_id', instance_id);
+BEGIN
+    IF commands IS NULL THEN
+        PERFORM eventstore_sql.refuse('22004', 'commands must not be NULL',
+            'push was called with a NULL jsonb.', 'Pass a JSON array of command objects.');
+    END IF;
+    RETURN QUERY SELECT * FROM eventstore.push(
+        eventstore_sql.for_tenant(tenant, eventstore_sql.commands_from_json(commands)));
+END
+$$;
+COMMENT ON FUNCTION eventstore.push(text, jsonb) IS
+    'push(instance_id, commands) with a JSON array of command objects.';
+
+CREATE FUNCTION eventstore.push(instance_id text, commands text)
+RETURNS SETOF eventstore.pushed
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM eventstore.push(instance_id, commands::jsonb) $$;
+COMMENT ON FUNCTION eventstore.push(text, text) IS
+    'push(instance_id, jsonb) for a JSON text, so that an untyped parameter needs no cast.';
+
+CREATE FUNCTION eventstore.tenant_catchup(
+    instance_id     text,
+    projection      text,
+    batch_size      integer DEFAULT 1000,
+    aggregate_types text[]  DEFAULT NULL,
+    event_types     text[]  DEFAULT NULL,
+    wait            boolean DEFAULT false
+) RETURNS SETOF eventstore.events
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+    RETURN QUERY SELECT * FROM eventstore.projection_catchup(projection,
+        eventstore_sql.identifier('instance_id', instance_id), batch_size, aggregate_types,
+        event_types, wait);
+END
+$$;
+COMMENT ON FUNCTION eventstore.tenant_catchup(text, text, integer, text[], text[], boolean) IS
+    'projection_catchup for one tenant (G4-G7): the instance first and required.';
+
+CREATE FUNCTION eventstore.tenant_lock_projection(
+    instance_id text,
+    projection  text,
+    wait        boolean DEFAULT false
+) RETURNS boolean
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT eventstore.lock_projection(projection,
+          eventstore_sql.identifier('instance_id', instance_id), wait) $$;
+COMMENT ON FUNCTION eventstore.tenant_lock_projection(text, text, boolean) IS
+    'lock_projection for one tenant (G6): the instance first and required.';
+
+CREATE FUNCTION eventstore.tenant_await_writers(instance_id text)
+RETURNS bigint
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT eventstore.await_writers(eventstore_sql.identifier('instance_id', instance_id)) $$;
+COMMENT ON FUNCTION eventstore.tenant_await_writers(text) IS
+    'await_writers for one tenant (G4): the instance required.';
+
+CREATE FUNCTION eventstore.tenant_wait_for_events(
+    instance_id text,
+    projection  text,
+    timeout_ms  integer DEFAULT 10000
+) RETURNS boolean
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT eventstore.wait_for_events(projection,
+          eventstore_sql.identifier('instance_id', instance_id), timeout_ms) $$;
+COMMENT ON FUNCTION eventstore.tenant_wait_for_events(text, text, integer) IS
+    'wait_for_events for one tenant (G15): the instance first and required.';
+
 -- Gapless per-tenant counters for human-facing numbers (src/counter.rs). The counter's lock is
 -- taken first, then the value read and raised by one statement started after the wait. Under
 -- REPEATABLE READ and SERIALIZABLE that statement sees the transaction's snapshot, so a caller
@@ -1953,6 +2084,9 @@ GRANT EXECUTE ON FUNCTION
     eventstore.push(eventstore.command[]),
     eventstore.push(jsonb),
     eventstore.push(text),
+    eventstore.push(text, eventstore.command[]),
+    eventstore.push(text, jsonb),
+    eventstore.push(text, text),
     eventstore.lock_writer(text),
     eventstore.next_number(text, text)
     TO eventstore_writer;
@@ -1966,7 +2100,11 @@ GRANT EXECUTE ON FUNCTION
     eventstore.projection_catchup(text, text, integer, text[], text[], boolean),
     eventstore.lock_projection(text, text, boolean),
     eventstore.await_writers(text),
-    eventstore.wait_for_events(text, text, integer)
+    eventstore.wait_for_events(text, text, integer),
+    eventstore.tenant_catchup(text, text, integer, text[], text[], boolean),
+    eventstore.tenant_lock_projection(text, text, boolean),
+    eventstore.tenant_await_writers(text),
+    eventstore.tenant_wait_for_events(text, text, integer)
     TO eventstore_projector;
 GRANT SELECT, DELETE ON eventstore.projection_states TO eventstore_projector;
 
