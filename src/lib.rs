@@ -25,9 +25,9 @@ mod positions; // the position sequence
 // The ground floor.
 mod checks; // input checks
 mod errors; // every SQLSTATE
+mod query; // statements through SPI, under a chosen snapshot
 mod mutants; // the switches scripts/mutants builds with
 mod pg; // what differs between PostgreSQL versions
-mod query; // statements through SPI, under a chosen snapshot
 
 ::pgrx::pg_module_magic!(name, version);
 
