@@ -9,16 +9,24 @@
 #   - the locality guard: a call that was not delegated (run on the coordinator, which holds no
 #     shard) is refused with ES421, a global catch-up with 0A000;
 #   - a shard move in the middle of a run of pushes and catch-ups (citus_move_shard_placement):
-#     no event lost, none handed out twice, the moved tenant's positions keep increasing.
+#     no event lost, none handed out twice, the moved tenant's positions keep increasing;
+#   - a race run per tenant with the stress detector (tests/stress --citus, README "Stress and
+#     the race detector"): writers push with push(instance_id, commands), workers run per-tenant
+#     projections with tenant_catchup, tenant_lock_projection and tenant_wait_for_events, every
+#     call delegated, while backends are killed: nothing skipped, nothing applied twice, each
+#     aggregate in order, no two runs of a projection at once, no commit lost; the same run with
+#     the harness's naive catch-up (--unsafe) must be caught (the detector bites on Citus too).
 # Runs only when the extension citus is installed in the PostgreSQL under test ($PG_BIN);
 # otherwise it prints "skipped: citus is not installed" and succeeds. Citus is not in any
 # package registry this project uses: install it yourself into the PostgreSQL under test.
 # Its own clusters: 127.0.0.1, ports ${1:-5480} (coordinator), +1 and +2 (workers), data in
 # $SCRATCH_ROOT/citus-{coordinator,worker1,worker2}.
 #   tests/shell/citus.sh [PORT]
+# The race run lasts ${EVENTSTORE_CITUS_STRESS_SECONDS:-15} seconds, the naive one 8.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/cluster.sh
+export PATH="$HOME/.cargo/bin:$PATH"
 
 if [ ! -f "$("$PG_BIN/pg_config" --sharedir)/extension/citus.control" ]; then
     echo "skipped: citus is not installed"
@@ -225,6 +233,23 @@ check "the moved tenant's events are all on the new node" \
     "$(value "SELECT count(*) FROM eventstore.events WHERE instance_id = '$mover'")" \
     "$(psql_at "$to" -At -c "SET citus.override_table_visibility = off" \
         -c "SELECT count(*) FROM eventstore.events_$shard WHERE instance_id = '$mover'")"
+
+echo "== a race run per tenant with the stress detector"
+check "the harness's tenants (system, t1, t2, t3) are on both workers" 2 \
+    "$(for t in system t1 t2 t3; do node_of "$t"; done | sort -u | wc -l)"
+# stress_run NAME ARGS...: the harness against the coordinator, its output in $out/NAME; prints
+# its verdict (the last line) and returns its exit status (0 clean, 1 violations, 2 no run).
+stress_run() {
+    local name=$1 status=0; shift
+    cargo run --release --quiet -p eventstore-stress -- --citus --port "$port" \
+        --data-dir "$SCRATCH_ROOT/citus-coordinator" --pg-bin "$PG_BIN" "$@" > "$out/$name" 2>&1 || status=$?
+    tail -n 1 "$out/$name"
+    return "$status"
+}
+status=0; stress_run race --seconds "${EVENTSTORE_CITUS_STRESS_SECONDS:-15}" || status=$?
+check "the race run per tenant ends clean: no violation (exit 0; output in $out/race)" 0 "$status"
+status=0; stress_run race-naive --seconds 8 --unsafe || status=$?
+check "the same run with a naive catch-up is caught: violations (exit 1)" 1 "$status"
 
 if [ "$failures" -gt 0 ]; then echo "citus: $failures check(s) failed (outputs in $out)"; exit 1; fi
 echo "citus: every check passed"

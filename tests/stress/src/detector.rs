@@ -2,6 +2,13 @@
 //! head, holds what the clients saw and what `stress_applied` recorded against
 //! `eventstore.events`, the ground truth.
 //!
+//! Its queries name the tables without a schema; [`read_tables`] sets where they are: on one
+//! node eventstore's own and the harness's. On Citus (--citus) they read a snapshot taken after
+//! the drain, when nothing moves any more: local copies on the coordinator, in the schema
+//! `stress_truth`, with `stress_applied` and `stress_batches` unfolded from the tenants' batch
+//! rows (workers.rs). The checks join across tenants and by batch, which Citus cannot push down;
+//! the copies hold the same rows.
+//!
 //! | count           | violation                                                          | guarantee |
 //! |-----------------|--------------------------------------------------------------------|-----------|
 //! | skipped         | a committed event in a projection's scope that it never applied    | G4, G13   |
@@ -39,7 +46,7 @@ use postgres::Client;
 
 use crate::load::{Outcome, Push};
 use crate::trace::{overlaps, Interval};
-use crate::workers::{in_scope, Target, TARGETS};
+use crate::workers::{in_scope, Target};
 
 /// Examples printed per kind of violation.
 const EXAMPLES: usize = 5;
@@ -84,10 +91,33 @@ pub struct Observed<'a> {
     pub never_parked: &'a [String],
 }
 
+/// The tables on Citus: copies, and the projection in the shape of one node's.
+const CITUS_SNAPSHOT: &str = "\
+DROP SCHEMA IF EXISTS stress_truth CASCADE;
+CREATE SCHEMA stress_truth;
+CREATE TABLE stress_truth.events AS SELECT * FROM eventstore.events;
+CREATE INDEX ON stress_truth.events (position);
+CREATE TABLE stress_truth.parked_events AS SELECT * FROM eventstore.parked_events;
+CREATE TABLE stress_truth.tenant_batches AS SELECT * FROM stress_tenant_batches;
+CREATE TABLE stress_truth.stress_batches AS
+SELECT batch, projection, instance_key, worker, low, high, cardinality(positions) AS events, commit_order, partition
+  FROM stress_truth.tenant_batches;
+CREATE TABLE stress_truth.stress_applied AS
+SELECT b.projection, b.instance_key, b.batch, u.ord, u.position, u.aggregate, u.sequence
+  FROM stress_truth.tenant_batches b,
+       unnest(b.positions, b.aggregates, b.sequences) WITH ORDINALITY AS u(position, aggregate, sequence, ord);
+SET search_path = stress_truth";
+
+/// Points the detector's session at the tables it checks: eventstore's and the harness's on one
+/// node, a snapshot of them on Citus (`citus`).
+pub fn read_tables(client: &mut Client, citus: bool) -> Result<(), postgres::Error> {
+    client.batch_execute(if citus { CITUS_SNAPSHOT } else { "SET search_path = eventstore, public" })
+}
+
 pub fn detect(client: &mut Client, observed: &Observed) -> Result<Findings, postgres::Error> {
     client.batch_execute("CREATE INDEX ON stress_applied (projection, instance_key, position); ANALYZE")?;
     let mut findings = Findings {
-        events: client.query_one("SELECT count(*) FROM eventstore.events", &[])?.get(0),
+        events: client.query_one("SELECT count(*) FROM events", &[])?.get(0),
         ..Findings::default()
     };
     for target in observed.targets {
@@ -121,7 +151,7 @@ pub fn detect(client: &mut Client, observed: &Observed) -> Result<Findings, post
         + count(client, "aggregate applied out of sequence order", AGGREGATE_APPLIED_OUT_OF_ORDER, &[])?;
     findings.gaps = count(client, "aggregate sequence not 1..n", SEQUENCE_GAPS, &[])?;
     findings.aggregate_order = count(client, "aggregate sequence against position", AGGREGATE_ORDER, &[])?;
-    findings.overlap = overlap(observed.intervals);
+    findings.overlap = overlap(observed.intervals, observed.targets);
     let events = all_events(client)?;
     findings.lost = lost_batches(client, observed.committed_batches)?;
     for push in observed.pushes {
@@ -144,18 +174,18 @@ fn count(client: &mut Client, what: &str, sql: &str, params: &[&(dyn ToSql + Syn
 
 const SKIPPED: &str = concat!("\
 SELECT count(*), (array_agg(e.position::text ORDER BY e.position))[1:5]
-  FROM eventstore.events e
+  FROM events e
  WHERE ", in_scope!(), "
    AND NOT EXISTS (SELECT 1 FROM stress_applied a
                     WHERE a.projection = $1 AND a.instance_key = $2 AND a.position = e.position)
-   AND NOT EXISTS (SELECT 1 FROM eventstore.parked_events p
+   AND NOT EXISTS (SELECT 1 FROM parked_events p
                     WHERE p.projection = $1 AND p.instance_id IS NOT DISTINCT FROM $3
                       AND p.position = e.position)");
 
 /// Parameters: $1 projection, $2 instance key, $3 instance_id.
 const APPLIED_AND_PARKED: &str = "\
 SELECT count(*), (array_agg(a.position || ' ' || a.aggregate || '#' || a.sequence))[1:5]
-  FROM stress_applied a JOIN eventstore.parked_events p
+  FROM stress_applied a JOIN parked_events p
     ON p.projection = $1 AND p.instance_id IS NOT DISTINCT FROM $3::text AND p.position = a.position
  WHERE a.projection = $1 AND a.instance_key = $2";
 
@@ -164,7 +194,7 @@ macro_rules! first_poison {
     () => {
         concat!("first_poison AS (
     SELECT e.instance_id || '/' || e.aggregate_type || '/' || e.aggregate_id AS aggregate, min(e.position) AS position
-      FROM eventstore.events e
+      FROM events e
      WHERE coalesce(e.payload ? 'poison', false) AND ", in_scope!(), "
      GROUP BY 1)")
     };
@@ -179,8 +209,8 @@ parked AS (
     SELECT p.position, p.attempts, e.position IS NOT NULL AS in_scope,
            coalesce(e.payload ? 'poison', false) AS poison,
            $7 AND coalesce(f.position < p.position, false) AS held
-      FROM eventstore.parked_events p
-      LEFT JOIN eventstore.events e ON e.position = p.position AND ", in_scope!(), "
+      FROM parked_events p
+      LEFT JOIN events e ON e.position = p.position AND ", in_scope!(), "
       LEFT JOIN first_poison f ON f.aggregate = p.event_instance_id || '/' || p.aggregate_type || '/' || p.aggregate_id
      WHERE p.projection = $1 AND p.instance_id IS NOT DISTINCT FROM $3 AND $2::text IS NOT NULL)
 SELECT count(*), (array_agg(position || ': ' || why ORDER BY position))[1:5]
@@ -205,9 +235,9 @@ SELECT count(*), (array_agg(batch::text))[1:5] FROM stress_batches WHERE batch =
 
 /// Poison events of the scope, parked events and those held behind them.
 const PARKED_FIGURES: &str = concat!("\
-SELECT (SELECT count(*) FROM eventstore.events e WHERE coalesce(e.payload ? 'poison', false) AND ", in_scope!(), "),
+SELECT (SELECT count(*) FROM events e WHERE coalesce(e.payload ? 'poison', false) AND ", in_scope!(), "),
        count(*), count(*) FILTER (WHERE p.held_behind IS NOT NULL)
-  FROM eventstore.parked_events p
+  FROM parked_events p
  WHERE p.projection = $1 AND p.instance_id IS NOT DISTINCT FROM $3 AND $2::text IS NOT NULL");
 
 fn print_parked(client: &mut Client, target: &Target, policy: crate::workers::Policy,
@@ -223,7 +253,7 @@ const STRAY: &str = concat!("\
 SELECT count(*), (array_agg(a.position || ' ' || a.aggregate || '#' || a.sequence))[1:5]
   FROM stress_applied a
  WHERE a.projection = $1 AND a.instance_key = $2
-   AND NOT EXISTS (SELECT 1 FROM eventstore.events e
+   AND NOT EXISTS (SELECT 1 FROM events e
                     WHERE e.position = a.position AND e.sequence = a.sequence
                       AND e.instance_id || '/' || e.aggregate_type || '/' || e.aggregate_id = a.aggregate
                       AND ", in_scope!(), ")");
@@ -264,7 +294,7 @@ const SEQUENCE_GAPS: &str = "\
 SELECT count(*), (array_agg(aggregate))[1:5]
   FROM (SELECT instance_id || '/' || aggregate_type || '/' || aggregate_id || ' has ' || count(*)
                || ' events, sequences ' || min(sequence) || '..' || max(sequence) AS aggregate
-          FROM eventstore.events GROUP BY instance_id, aggregate_type, aggregate_id
+          FROM events GROUP BY instance_id, aggregate_type, aggregate_id
         HAVING min(sequence) <> 1 OR max(sequence) <> count(*)) g";
 
 const AGGREGATE_ORDER: &str = "\
@@ -272,25 +302,28 @@ SELECT count(*), (array_agg(aggregate || '#' || sequence || ' at ' || position))
   FROM (SELECT instance_id || '/' || aggregate_type || '/' || aggregate_id AS aggregate, sequence, position,
                position < lag(position) OVER (PARTITION BY instance_id, aggregate_type, aggregate_id
                                               ORDER BY sequence) AS behind
-          FROM eventstore.events) e
+          FROM events) e
  WHERE behind";
 
-fn overlap(intervals: &[Interval]) -> u64 {
+fn overlap(intervals: &[Interval], targets: &[Target]) -> u64 {
     let found = overlaps(intervals);
     if !found.is_empty() {
         let examples: Vec<String> = found.iter().take(EXAMPLES).map(|(a, b)| format!(
             "{}: worker {} [{}, {}] and worker {} [{}, {}]",
-            TARGETS[a.target].name(), a.worker, a.open, a.close, b.worker, b.open, b.close)).collect();
+            targets[a.target].name(), a.worker, a.open, a.close, b.worker, b.open, b.close)).collect();
         println!("stress: VIOLATION {} overlapping runs of a projection, e.g. {}", found.len(), examples.join("; "));
     }
     found.len() as u64
 }
 
-/// position -> (aggregate, sequence) of every event in the table.
-fn all_events(client: &mut Client) -> Result<HashMap<i64, (String, i64)>, postgres::Error> {
+/// (position, aggregate) -> sequence of every event in the table. The aggregate is part of the
+/// key: on Citus each node draws its own positions, so tenants on two nodes may share one.
+type Events = HashMap<(i64, String), i64>;
+
+fn all_events(client: &mut Client) -> Result<Events, postgres::Error> {
     let rows = client.query("SELECT position, instance_id || '/' || aggregate_type || '/' || aggregate_id, \
-                             sequence FROM eventstore.events", &[])?;
-    Ok(rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect())
+                             sequence FROM events", &[])?;
+    Ok(rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect())
 }
 
 /// Batches whose COMMIT succeeded but that are not in stress_batches.
@@ -305,9 +338,9 @@ fn lost_batches(client: &mut Client, committed: &[i64]) -> Result<u64, postgres:
 }
 
 /// A push against the table, by what its client knows of its fate (G1).
-fn check_push(push: &Push, events: &HashMap<i64, (String, i64)>, findings: &mut Findings) {
+fn check_push(push: &Push, events: &Events, findings: &mut Findings) {
     let present = push.events.iter()
-        .filter(|w| events.get(&w.position).is_some_and(|(a, s)| *a == w.aggregate && *s == w.sequence))
+        .filter(|w| events.get(&(w.position, w.aggregate.clone())) == Some(&w.sequence))
         .count();
     let (kind, counter) = match push.outcome {
         Outcome::Committed if present < push.events.len() => ("committed push lost", &mut findings.lost),
@@ -335,11 +368,11 @@ mod tests {
         Push { events, outcome, latency: std::time::Duration::ZERO }
     }
 
-    fn table(positions: &[i64]) -> HashMap<i64, (String, i64)> {
-        positions.iter().map(|&p| (p, ("t1/user/a".to_string(), p))).collect()
+    fn table(positions: &[i64]) -> Events {
+        positions.iter().map(|&p| ((p, "t1/user/a".to_string()), p)).collect()
     }
 
-    fn findings_for(push: Push, table: &HashMap<i64, (String, i64)>) -> Findings {
+    fn findings_for(push: Push, table: &Events) -> Findings {
         let mut findings = Findings::default();
         check_push(&push, table, &mut findings);
         findings
@@ -355,6 +388,14 @@ mod tests {
     fn a_rolled_back_push_that_is_visible_is_a_phantom() {
         assert_eq!(findings_for(push(Outcome::NeverCommitted, &[3]), &table(&[3])).phantom, 1);
         assert_eq!(findings_for(push(Outcome::NeverCommitted, &[3]), &table(&[])).violations(), 0);
+    }
+
+    #[test]
+    fn an_event_of_another_tenant_at_the_same_position_is_not_the_push() {
+        let other_tenant = ((1, "t2/user/a".to_string()), 1);
+        assert_eq!(findings_for(push(Outcome::Committed, &[1]), &[other_tenant.clone()].into()).lost, 1);
+        let both: Events = [other_tenant, ((1, "t1/user/a".to_string()), 1)].into();
+        assert_eq!(findings_for(push(Outcome::Committed, &[1]), &both).violations(), 0);
     }
 
     #[test]

@@ -41,7 +41,9 @@ pub fn killer(run: &Run) -> Result<(u64, Tally), String> {
         }
         let pid = *rng.pick(&victims);
         let fault = run.faults.issue(Some(pid), &run.clock);
-        let result = link.client()?.query_one("SELECT pg_terminate_backend($1)", &[&pid]);
+        // The pid typed: Citus adds pg_terminate_backend(global_pid bigint, ...), which makes an
+        // untyped parameter ambiguous (42725).
+        let result = link.client()?.query_one("SELECT pg_terminate_backend($1::int)", &[&pid]);
         run.faults.done(fault, &run.clock);
         match result {
             Ok(row) => kills += u64::from(row.get::<_, bool>(0)),
@@ -106,7 +108,7 @@ pub fn batch_killer(run: &Run) -> Result<(u64, Tally), String> {
     let mut kills = 0;
     while let Some((pid, answer)) = run.kill_requests.next(run) {
         let fault = run.faults.issue(Some(pid), &run.clock);
-        let result = link.client()?.query_one("SELECT pg_terminate_backend($1, $2)", &[&pid, &TERMINATE_WAIT_MS]);
+        let result = link.client()?.query_one("SELECT pg_terminate_backend($1::int, $2)", &[&pid, &TERMINATE_WAIT_MS]);
         run.faults.done(fault, &run.clock);
         let killed = match result {
             Ok(row) => row.get::<_, bool>(0),

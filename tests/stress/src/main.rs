@@ -19,6 +19,16 @@
 //! --unsafe replaces projection_catchup with a naive catch-up of the harness's own (no lock, no
 //! barrier): the detector must then report violations, which proves that it bites.
 //!
+//! --citus runs against an existing Citus coordinator (--port; eventstore.distribute() done,
+//! README "Running on Citus") instead of a cluster of the harness's own: each push is for one
+//! tenant, with push(instance_id, commands); the projections are per tenant only (a global one
+//! is refused there); workers call only tenant_catchup, tenant_lock_projection and
+//! tenant_wait_for_events; every call is delegated to the tenant's node (a call that is not is
+//! refused, ES421, and counted as an error). The projection lives on the tenant's shard too
+//! (workers.rs), and the detector reads a snapshot of the tables taken after the drain
+//! (detector.rs): the same checks, per tenant. --restarts and --partitions are not supported
+//! there.
+//!
 //! The last line is `stress: events=… … violations=N`; the exit status is 1 when N > 0, 2 when
 //! the harness itself could not run.
 
@@ -42,7 +52,7 @@ use trace::{Clock, FaultLog};
 use workers::WorkerReport;
 
 const USAGE: &str = "usage: eventstore-stress [--seconds N] [--unsafe] [--restarts] [--partitions] \
-[--read-committed] [--port P] [--data-dir DIR] [--pg-bin DIR] [--writers N] [--workers N] [--seed N]";
+[--read-committed] [--citus] [--port P] [--data-dir DIR] [--pg-bin DIR] [--writers N] [--workers N] [--seed N]";
 
 pub struct Options {
     pub seconds: u64,
@@ -54,6 +64,8 @@ pub struct Options {
     pub partitions: bool,
     /// Workers catch up under READ COMMITTED only (the SQL edition refuses REPEATABLE READ).
     pub read_committed: bool,
+    /// Against an existing Citus coordinator on `port`: tenant-first calls, per-tenant projections.
+    pub citus: bool,
     pub port: u16,
     /// The cluster's data directory, for pg_ctl.
     pub data_dir: PathBuf,
@@ -71,6 +83,7 @@ impl Options {
             restarts: false,
             partitions: false,
             read_committed: false,
+            citus: false,
             port: std::env::var("EVENTSTORE_STRESS_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5483),
             data_dir: PathBuf::from("/var/tmp/eventstore/stress"),
             pg_bin: PathBuf::from("/usr/lib/postgresql/15/bin"),
@@ -88,6 +101,7 @@ impl Options {
                 "--restarts" => options.restarts = true,
                 "--partitions" => options.partitions = true,
                 "--read-committed" => options.read_committed = true,
+                "--citus" => options.citus = true,
                 "--port" => options.port = number(value()?)? as u16,
                 "--data-dir" => options.data_dir = PathBuf::from(value()?),
                 "--pg-bin" => options.pg_bin = PathBuf::from(value()?),
@@ -96,6 +110,9 @@ impl Options {
                 "--seed" => options.seed = number(value()?)?,
                 _ => return Err(format!("unknown argument: {arg}")),
             }
+        }
+        if options.citus && (options.restarts || options.partitions) {
+            return Err("--restarts and --partitions are not supported with --citus".to_string());
         }
         Ok(options)
     }
@@ -152,12 +169,12 @@ struct Loaded {
 /// Load, drain, detect; returns the number of violations.
 fn stress(run: &Run) -> Result<u64, String> {
     let o = &run.options;
-    println!("stress: seed={} mode={} seconds={} writers={} workers={} restarts={} partitions={} port={}",
+    println!("stress: seed={} mode={} seconds={} writers={} workers={} restarts={} partitions={} port={}{}",
         o.seed, if o.unsafe_mode { "unsafe" } else { "safe" }, o.seconds, o.writers, o.workers,
-        o.restarts, o.partitions, o.port);
+        o.restarts, o.partitions, o.port, if o.citus { " citus" } else { "" });
     let started = Instant::now();
     let mut setup = db::connect(o.port, "stress-setup", 0)?;
-    workers::create_tables(&mut setup.client).map_err(|e| format!("creating the tables: {e}"))?;
+    workers::create_tables(&mut setup.client, o.citus).map_err(|e| format!("creating the tables: {e}"))?;
     if o.partitions {
         workers::define_partitions(&mut setup.client).map_err(|e| format!("defining the partitions: {e}"))?;
     }
@@ -171,6 +188,7 @@ fn stress(run: &Run) -> Result<u64, String> {
     print_load(&loaded);
 
     let mut session = db::connect(o.port, "stress-detector", 0)?;
+    detector::read_tables(&mut session.client, o.citus).map_err(|e| format!("detector: {e}"))?;
     let observed = Observed {
         pushes: &loaded.pushes,
         committed_batches: &loaded.workers.committed,

@@ -26,8 +26,8 @@ impl Clock {
     }
 }
 
-/// A worker held partition `partition` of `target` (an index into workers::TARGETS; partition
-/// 0 for a projection not partitioned) from `open` to `close`.
+/// A worker held partition `partition` of `target` (an index into the run's targets,
+/// workers::targets; partition 0 for a projection not partitioned) from `open` to `close`.
 #[derive(Clone, Copy, Debug)]
 pub struct Interval {
     pub target: usize,

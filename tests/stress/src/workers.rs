@@ -4,10 +4,20 @@
 //! number, then commits — or, about one time in ten, rolls back (G5: the batch must come
 //! again). Some transactions run under REPEATABLE READ (G10), some apply slowly.
 //!
-//! Two ways to fetch a batch:
+//! Three ways to fetch a batch:
 //! - safe: `eventstore.projection_catchup` (lock, barrier, checkpoint in the transaction);
+//! - tenant (--citus): `eventstore.tenant_catchup`, delegated to the tenant's node, some
+//!   transactions taking the projection first with `tenant_lock_projection` (busy: nothing to
+//!   do); an idle worker waits with `tenant_wait_for_events` instead of sleeping;
 //! - naive (--unsafe): a plain SELECT past a checkpoint table of our own, with no lock and no
 //!   barrier — the catch-up the extension exists to replace, which the detector must catch.
+//!
+//! On Citus (--citus) the projection lives on the tenant's shard: one row per batch, its events
+//! as arrays, in `stress_tenant_batches`, distributed by tenant and colocated with
+//! eventstore.events. The batch is then one single-shard INSERT on the node that ran the
+//! catch-up, and commits with the checkpoint in one transaction there. (A table on the
+//! coordinator would not do: Citus commits the worker's part first, in one phase, and the
+//! coordinator's after it, so a backend lost in between keeps the checkpoint and loses the batch.)
 //!
 //! Each batch that returned rows leaves an interval in the trace (see trace.rs).
 //!
@@ -81,10 +91,18 @@ const fn per_instance(projection: &'static str, instance_id: &'static str,
 
 /// How many of TARGETS a run uses: the partitioned ones only with --partitions.
 const UNPARTITIONED_TARGETS: usize = 10;
+/// The first GLOBAL_TARGETS of TARGETS are global: not on Citus, where they are refused.
+const GLOBAL_TARGETS: usize = 3;
 
 /// The targets of this run.
 pub fn targets(run: &Run) -> &'static [Target] {
-    if run.options.partitions { &TARGETS } else { &TARGETS[..UNPARTITIONED_TARGETS] }
+    if run.options.citus {
+        &TARGETS[GLOBAL_TARGETS..UNPARTITIONED_TARGETS]
+    } else if run.options.partitions {
+        &TARGETS
+    } else {
+        &TARGETS[..UNPARTITIONED_TARGETS]
+    }
 }
 
 /// Global, per-instance and filtered projections; the last two partitioned (--partitions only).
@@ -111,6 +129,8 @@ pub const TARGETS: [Target; 12] = [
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Safe,
+    /// On Citus: the tenant-first functions, delegated.
+    Tenant,
     Naive,
 }
 
@@ -124,15 +144,17 @@ struct Pace {
     wait: bool,
     /// A partitioned target's batch killed (its backend terminated) after it was applied.
     kill_percent: u64,
+    /// Tenant mode: take the projection with tenant_lock_projection before the catch-up.
+    lock_first_percent: u64,
 }
 
 const LOAD: Pace = Pace {
     batch_sizes: &[3, 10, 50], rollback_percent: 10, repeatable_read_percent: 15, slow_percent: 10, wait: false,
-    kill_percent: 5,
+    kill_percent: 5, lock_first_percent: 20,
 };
 const DRAIN: Pace = Pace {
     batch_sizes: &[1000], rollback_percent: 0, repeatable_read_percent: 0, slow_percent: 0, wait: true,
-    kill_percent: 0,
+    kill_percent: 0, lock_first_percent: 0,
 };
 /// The worker number of the drain in the trace and in stress_batches.
 const DRAIN_WORKER: usize = 999;
@@ -149,6 +171,17 @@ const POISON_ERROR: &str = "stress: poison event";
 const SAFE_FETCH: &str = "\
 SELECT position, instance_id, aggregate_type, aggregate_id, sequence, 0, false
   FROM eventstore.projection_catchup($1, $2, $3, $4, $5, $6)";
+
+/// The same on Citus, delegated to the tenant's node by its first argument.
+const TENANT_FETCH: &str = "\
+SELECT position, instance_id, aggregate_type, aggregate_id, sequence, 0, false
+  FROM eventstore.tenant_catchup($1, $2, $3, $4, $5, $6)";
+
+/// Takes a tenant's projection for the transaction; false when another transaction holds it.
+const TENANT_LOCK: &str = "SELECT eventstore.tenant_lock_projection($1, $2)";
+
+/// Waits until a catch-up of the tenant's projection could hand something out, or the timeout.
+const TENANT_WAIT: &str = "SELECT eventstore.tenant_wait_for_events($1, $2, $3)";
 
 /// A partitioned target's batch: the next batch of a free partition, led by its number, and
 /// which events are poison.
@@ -221,8 +254,33 @@ CREATE SEQUENCE stress_commit_order;
 CREATE TABLE stress_naive_checkpoints (
     projection text, instance_key text, checkpoint bigint NOT NULL, PRIMARY KEY (projection, instance_key));";
 
-pub fn create_tables(client: &mut Client) -> Result<(), postgres::Error> {
-    client.batch_execute(CREATE_TABLES)
+/// On Citus: the projection one row per batch, on the tenant's shard (see the module comment),
+/// and the naive catch-up's checkpoints there too.
+const CREATE_TENANT_TABLES: &str = "\
+DROP TABLE IF EXISTS stress_tenant_batches, stress_naive_checkpoints;
+DROP SEQUENCE IF EXISTS stress_commit_order;
+TRUNCATE eventstore.projection_states;
+CREATE TABLE stress_tenant_batches (
+    batch bigint NOT NULL, projection text NOT NULL, instance_key text NOT NULL, worker int NOT NULL,
+    low bigint NOT NULL, high bigint NOT NULL, positions bigint[] NOT NULL, aggregates text[] NOT NULL,
+    sequences bigint[] NOT NULL, commit_order bigint NOT NULL, partition int NOT NULL,
+    PRIMARY KEY (instance_key, batch));
+CREATE SEQUENCE stress_commit_order;
+CREATE TABLE stress_naive_checkpoints (
+    projection text, instance_key text, checkpoint bigint NOT NULL, PRIMARY KEY (projection, instance_key));
+SELECT create_distributed_table('stress_tenant_batches', 'instance_key', colocate_with => 'eventstore.events');
+SELECT create_distributed_table('stress_naive_checkpoints', 'instance_key', colocate_with => 'eventstore.events');";
+
+/// The same batch into `stress_tenant_batches`, the parameters as APPLY's: a single-shard INSERT
+/// (the commit-order number is drawn on the coordinator, with the projection held).
+const TENANT_APPLY: &str = "\
+INSERT INTO stress_tenant_batches (batch, projection, instance_key, worker, low, high, positions, aggregates,
+                                   sequences, commit_order, partition)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, nextval('stress_commit_order'), $10)";
+
+/// The harness's tables, recreated for every run (`citus`: on the tenants' shards).
+pub fn create_tables(client: &mut Client, citus: bool) -> Result<(), postgres::Error> {
+    client.batch_execute(if citus { CREATE_TENANT_TABLES } else { CREATE_TABLES })
 }
 
 /// A batch as fetched, in the order it came.
@@ -308,7 +366,7 @@ pub fn worker(run: &Run, id: usize) -> Result<WorkerReport, String> {
         let target = worker.rng.between(0, targets(run).len() as u64 - 1) as usize;
         if worker.transaction(target, &LOAD)? == 0 {
             let idle = worker.rng.between(IDLE_MS.0, IDLE_MS.1);
-            std::thread::sleep(Duration::from_millis(idle));
+            worker.idle(target, idle)?;
         }
     }
     Ok(worker.finish())
@@ -403,7 +461,11 @@ pub fn resizer(run: &Run) -> Result<Resizes, String> {
 
 impl<'r> Worker<'r> {
     fn new(run: &'r Run, id: usize, name: &str) -> Self {
-        let mode = if run.options.unsafe_mode { Mode::Naive } else { Mode::Safe };
+        let mode = match (run.options.unsafe_mode, run.options.citus) {
+            (true, _) => Mode::Naive,
+            (false, true) => Mode::Tenant,
+            (false, false) => Mode::Safe,
+        };
         let rng = Rng::for_thread(run.options.seed, 200 + id as u64);
         Worker { run, id, mode, link: Link::new(run, name.to_string()), rng, report: WorkerReport::default(),
                  failures_in_a_row: 0 }
@@ -411,6 +473,22 @@ impl<'r> Worker<'r> {
 
     fn finish(self) -> WorkerReport {
         WorkerReport { tally: self.link.tally, ..self.report }
+    }
+
+    /// Nothing to do on `target` for now: sleeps `ms`; in tenant mode waits as long for its
+    /// events with tenant_wait_for_events (which returns at once when there are some).
+    fn idle(&mut self, target: usize, ms: u64) -> Result<(), String> {
+        if self.mode != Mode::Tenant {
+            std::thread::sleep(Duration::from_millis(ms));
+            return Ok(());
+        }
+        let target = &targets(self.run)[target];
+        let timeout_ms = ms as i32;
+        let result = self.link.client()?.query_one(TENANT_WAIT, &[&target.instance_id, &target.projection, &timeout_ms]);
+        if let Err(error) = result {
+            self.link.failed(&error);
+        }
+        Ok(())
     }
 
     /// One transaction on `target`; returns how many events it fetched (0 when the projection
@@ -425,9 +503,12 @@ impl<'r> Worker<'r> {
         };
         let slow = self.rng.chance(pace.slow_percent).then(|| self.rng.between(SLOW_APPLY_MS.0, SLOW_APPLY_MS.1));
         let commit = !self.rng.chance(pace.rollback_percent);
-        let kill = TARGETS[target].partitioned && self.rng.chance(pace.kill_percent);
+        let targets = targets(self.run);
+        let kill = targets[target].partitioned && self.rng.chance(pace.kill_percent);
+        let lock_first = self.mode == Mode::Tenant && self.rng.chance(pace.lock_first_percent);
         let batch = self.run.next_batch.fetch_add(1, Ordering::Relaxed);
         let (run, mode, wait) = (self.run, self.mode, pace.wait);
+        let apply_statement = if run.options.citus { TENANT_APPLY } else { APPLY };
         let pid = self.link.pid()?;
         let client = self.link.client()?;
 
@@ -437,7 +518,14 @@ impl<'r> Worker<'r> {
         let mut killed = false;
         let result = (|| -> Result<Ending, postgres::Error> {
             client.batch_execute(begin)?;
-            let fetched = fetch(client, mode, &TARGETS[target], batch_size, wait)?;
+            if lock_first {
+                let (instance_id, projection) = (&targets[target].instance_id, &targets[target].projection);
+                if !client.query_one(TENANT_LOCK, &[instance_id, projection])?.get::<_, bool>(0) {
+                    client.batch_execute("COMMIT")?;
+                    return Ok(Ending::Empty);
+                }
+            }
+            let fetched = fetch(client, mode, &targets[target], batch_size, wait)?;
             partition = fetched.partition;
             fetched_count = fetched.positions.len();
             if fetched_count == 0 {
@@ -452,7 +540,7 @@ impl<'r> Worker<'r> {
             let poison = fetched.poison.iter().position(|&p| p);
             let applied = poison.unwrap_or(fetched_count);
             if applied > 0 {
-                apply(client, mode, &TARGETS[target], batch, self.id, &fetched.prefix(applied))?;
+                apply(client, apply_statement, mode, &targets[target], batch, self.id, &fetched.prefix(applied))?;
             }
             let close = run.clock.tick();
             self.report.intervals.push(Interval { target, partition, worker: self.id, open: opened.take().unwrap(), close });
@@ -476,7 +564,7 @@ impl<'r> Worker<'r> {
             Ok(Ending::Failed { position }) => {
                 self.failures_in_a_row += 1;
                 self.report.poison.failures += 1;
-                self.report_failure(&TARGETS[target], partition, position)?;
+                self.report_failure(&targets[target], partition, position)?;
             }
             Err(error) => {
                 let ended = self.link.failed(&error);
@@ -525,6 +613,8 @@ fn fetch(client: &mut Client, mode: Mode, target: &Target, batch_size: i32, wait
     let rows = match mode {
         Mode::Safe => client.query(if target.partitioned { PARTITION_FETCH } else { SAFE_FETCH }, &[&target.projection, &target.instance_id,
             &batch_size, &target.aggregate_types, &target.event_types, &wait])?,
+        Mode::Tenant => client.query(TENANT_FETCH, &[&target.instance_id, &target.projection,
+            &batch_size, &target.aggregate_types, &target.event_types, &wait])?,
         Mode::Naive => {
             let [p1, p2, p3, p4, p5] = target.scope_params();
             client.query(NAIVE_FETCH, &[p1, p2, p3, p4, p5, &(batch_size as i64)])?
@@ -541,12 +631,13 @@ fn fetch(client: &mut Client, mode: Mode, target: &Target, batch_size: i32, wait
     Ok(fetched)
 }
 
-fn apply(client: &mut Client, mode: Mode, target: &Target, batch: i64, worker: usize, fetched: &Fetched)
-    -> Result<(), postgres::Error>
+/// Records the batch with `statement` (APPLY, or TENANT_APPLY on Citus).
+fn apply(client: &mut Client, statement: &str, mode: Mode, target: &Target, batch: i64, worker: usize,
+         fetched: &Fetched) -> Result<(), postgres::Error>
 {
     let low = *fetched.positions.iter().min().expect("a batch has events");
     let high = *fetched.positions.iter().max().expect("a batch has events");
-    client.execute(APPLY, &[&batch, &target.projection, &target.instance_key(), &(worker as i32),
+    client.execute(statement, &[&batch, &target.projection, &target.instance_key(), &(worker as i32),
         &low, &high, &fetched.positions, &fetched.aggregates, &fetched.sequences, &fetched.partition])?;
     if mode == Mode::Naive {
         let last = *fetched.positions.last().unwrap();
