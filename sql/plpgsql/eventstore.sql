@@ -892,7 +892,9 @@ BEGIN
           FROM unnest(commands) WITH ORDINALITY
                AS c(instance_id, aggregate_type, aggregate_id, event_type, revision, payload,
                     creator, owner, expected_sequence, id, metadata, n)
-          LEFT JOIN eventstore.events e ON e.id = c.id AND e.id IS NOT NULL
+          -- One index look-up per command (LATERAL ... LIMIT 1), whatever the statistics when
+          -- the plan was cached: a plain join could read the whole id index at every push.
+          LEFT JOIN LATERAL (SELECT * FROM eventstore.events e WHERE e.id = c.id LIMIT 1) e ON true
          ORDER BY c.n
     LOOP
         IF first_stored IS NULL THEN
