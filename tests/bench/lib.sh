@@ -41,6 +41,20 @@ interleave() {
     echo "$(calc "$sum_a / $ROUNDS") $(calc "$sum_b / $ROUNDS")"
 }
 
+# fill_log DB COUNT: COUNT events straight into eventstore.events of DB (as load_events does),
+# vacuumed and analyzed (the self-contained cases' small logs).
+fill_log() {
+    sql "$1" -c "SET synchronous_commit = off" -c "
+        INSERT INTO eventstore.events (instance_id, aggregate_type, aggregate_id, sequence,
+               event_type, revision, payload, creator, owner, created_at, position, in_tx_order)
+        SELECT 'tenant-' || (a % 4), 'user', 'user-' || a, s, 'user.updated', 1,
+               jsonb_build_object('name', 'bench user', 'email', 'user@example.com', 'n', g),
+               'bench', 'tenant-' || (a % 4), now(), nextval('eventstore.position_seq'), 0
+          FROM generate_series(1, $2) g,
+               LATERAL (SELECT (g - 1) % ($2 / 10) + 1 AS a, (g - 1) / ($2 / 10) + 1 AS s) x" \
+        -c "VACUUM (ANALYZE) eventstore.events"
+}
+
 # percentile TAG P: the P-th percentile (0 < P <= 1) of $work/TAG.latencies.
 percentile() { sort -n "$work/$1.latencies" | awk -v p="$2" '{ v[NR] = $1 } END { i = int(NR * p); if (i < NR * p) i++; if (i < 1) i = 1; print v[i] }'; }
 

@@ -15,20 +15,6 @@ self_contained+=(sql_edition_vs_native)
 goal ">= 0.7" 'sql_edition_vs_native_push_*'
 SQL_EDITION_LOG=200000
 
-# fill_log DB COUNT: COUNT events straight into eventstore.events (as load_events does), vacuumed
-# and analyzed.
-fill_log() {
-    sql "$1" -c "SET synchronous_commit = off" -c "
-        INSERT INTO eventstore.events (instance_id, aggregate_type, aggregate_id, sequence,
-               event_type, revision, payload, creator, owner, created_at, position, in_tx_order)
-        SELECT 'tenant-' || (a % 4), 'user', 'user-' || a, s, 'user.updated', 1,
-               jsonb_build_object('name', 'bench user', 'email', 'user@example.com', 'n', g),
-               'bench', 'tenant-' || (a % 4), now(), nextval('eventstore.position_seq'), 0
-          FROM generate_series(1, $2) g,
-               LATERAL (SELECT (g - 1) % ($2 / 10) + 1 AS a, (g - 1) / ($2 / 10) + 1 AS s) x" \
-        -c "VACUUM (ANALYZE) eventstore.events"
-}
-
 case_sql_edition_vs_native() {
     say "the SQL edition into eventstore_sql; a log of $SQL_EDITION_LOG events in both"
     sql postgres -c "DROP DATABASE IF EXISTS eventstore_sql" -c "CREATE DATABASE eventstore_sql"

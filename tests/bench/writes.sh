@@ -31,7 +31,7 @@ goal ">= 1.5" 'push_vs_plpgsql_reference*'
 # batch_script FORM N: a pgbench script writing N events in one statement, to aggregates
 # user-<aid>, user-<aid+1>, ... (10 events each) of tenant-<aid % 4>. FORM: push
 # (eventstore.push of ROW(...)::eventstore.command, much as a driver's bound command[] arrives),
-# push_fn (the same built with the eventstore.command() constructor), plpgsql
+# push_ids (the same, each command carrying a new event id), push_fn (the same built with the eventstore.command() constructor), plpgsql
 # (bench.plpgsql_push, ROW form) or insert (a bare INSERT ... VALUES into bench.insert_events).
 # A batch would exceed pgbench's 255 parameters with one per row, so there the random values
 # come in once, as the row "v".
@@ -47,6 +47,8 @@ batch_script() {
      now(), nextval('bench.insert_position_seq'), $k)" ;;
             push_fn) rows+="$sep
     eventstore.command($tenant, 'user', $aggregate, 'user.updated', $payload, creator => 'bench')" ;;
+            push_ids) rows+="$sep
+    ROW($tenant, 'user', $aggregate, 'user.updated', 1::smallint, $payload::jsonb, 'bench', NULL, NULL, gen_random_uuid(), NULL)::eventstore.command" ;;
             *) rows+="$sep
     ROW($tenant, 'user', $aggregate, 'user.updated', 1::smallint, $payload::jsonb, 'bench', NULL, NULL, NULL, NULL)::eventstore.command" ;;
         esac
@@ -72,7 +74,7 @@ SELECT r.* FROM (SELECT :aid::int AS aid, :seq::bigint AS seq) v, LATERAL (VALUE
 write_scripts() {
     rm -rf "$work" && mkdir -p "$work" && chmod 1777 "$work"
     local form n
-    for form in push push_fn plpgsql insert; do
+    for form in push push_ids push_fn plpgsql insert; do
         for n in 1 100; do batch_script $form $n >"$work/${form}_$n.pgbench"; done
     done
 }
