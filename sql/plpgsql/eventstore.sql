@@ -6,11 +6,16 @@
 --     psql -v ON_ERROR_STOP=1 --single-transaction -d mydb -f sql/plpgsql/eventstore.sql
 --
 -- It gives schema eventstore with the tables, types, views, roles, grants and row-level security
--- of sql/eventstore.sql, and functions of the same names and signatures. What differs from the
--- native extension is listed in README.md ("Installing on a managed service") and at each
--- function below; in short: the horizon is always the floors (horizon_mode() = 'sql'), read
--- from the pg_locks view; wait_for_events polls with back-off; catch-up refuses REPEATABLE READ
--- and SERIALIZABLE; lock keys live in pg_advisory_lock's own key spaces.
+-- of sql/eventstore.sql, and functions of the same names and signatures: push, catch-up,
+-- partitioned projections (G12), poison events (G13), rebuilds, tenancy, next_number. What
+-- differs from the native extension is listed in README.md ("Installing on a managed service")
+-- and at each function below; in short: the horizon is always the floors (horizon_mode() =
+-- 'sql'), read from the pg_locks view; wait_for_events polls with back-off; catch-up (and
+-- set_partitions, projection_failed, reset_projection, which wait for partition locks and then
+-- read checkpoints) refuses REPEATABLE READ and SERIALIZABLE; lock keys live in
+-- pg_advisory_lock's own key spaces; partition_catchup passes over a partition that has nothing
+-- to hand out without taking its lock (a transaction's advisory lock cannot be given back before
+-- the transaction ends).
 --
 -- No subtransaction anywhere (G8): no SAVEPOINT, no EXCEPTION block. Internals live in schema
 -- eventstore_sql, which no role but the owner may use; every public function is SECURITY
