@@ -1535,15 +1535,22 @@ $$;
 
 -- The projection's definition (its row of eventstore.projections), or the one of a projection
 -- without a row: 1 partition, the default poison policy. Two index look-ups, one for an instance
--- and one for a global projection (instance_id NULL), so that a cached plan serves both.
+-- and one for a global projection (instance_id NULL), so that a cached plan serves both; in
+-- PL/pgSQL, as the look-ups below that every catch-up makes, so that it is planned once per
+-- session (a SQL function's statements are planned again in every transaction).
 CREATE FUNCTION eventstore_sql.definition(projection text, instance_id text) RETURNS eventstore.projections
-LANGUAGE sql STABLE
-RETURN coalesce(
-    (SELECT d FROM eventstore.projections d WHERE d.projection = $1 AND d.instance_id = $2
-     UNION ALL
-     SELECT d FROM eventstore.projections d
-      WHERE $2 IS NULL AND d.projection = $1 AND d.instance_id IS NULL),
-    ROW($1, $2, 1, NULL, 0, 3, true, NULL)::eventstore.projections);
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN coalesce(
+        (SELECT d FROM eventstore.projections d WHERE d.projection = $1 AND d.instance_id = $2
+         UNION ALL
+         SELECT d FROM eventstore.projections d
+          WHERE $2 IS NULL AND d.projection = $1 AND d.instance_id IS NULL),
+        ROW($1, $2, 1, NULL, 0, 3, true, NULL)::eventstore.projections);
+END
+$$;
 
 -- Partition numbers that may have something to hand out: the new layout's and, while a resize
 -- drains, the old one's.
@@ -1553,12 +1560,18 @@ RETURN greatest(d.partitions, d.resize_from);
 
 -- A partition's checkpoint, 0 when it has none; index look-ups as in definition.
 CREATE FUNCTION eventstore_sql.checkpoint(projection text, instance_id text, partition integer) RETURNS bigint
-LANGUAGE sql STABLE
-RETURN coalesce((SELECT s.checkpoint FROM eventstore.projection_states s
-                  WHERE s.projection = $1 AND s.instance_id = $2 AND s.partition = $3
-                 UNION ALL
-                 SELECT s.checkpoint FROM eventstore.projection_states s
-                  WHERE $2 IS NULL AND s.projection = $1 AND s.instance_id IS NULL AND s.partition = $3), 0);
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN coalesce((SELECT s.checkpoint FROM eventstore.projection_states s
+                      WHERE s.projection = $1 AND s.instance_id = $2 AND s.partition = $3
+                     UNION ALL
+                     SELECT s.checkpoint FROM eventstore.projection_states s
+                      WHERE $2 IS NULL AND s.projection = $1 AND s.instance_id IS NULL
+                        AND s.partition = $3), 0);
+END
+$$;
 
 -- The lowest checkpoint of a projection's partitions, 0 when it has none.
 CREATE FUNCTION eventstore_sql.lowest_checkpoint(projection text, instance_id text) RETURNS bigint
@@ -1569,7 +1582,7 @@ RETURN coalesce((SELECT pg_catalog.min(s.checkpoint) FROM eventstore.projection_
                   WHERE $2 IS NULL AND s.projection = $1 AND s.instance_id IS NULL), 0);
 
 -- Sets the checkpoints of partitions first..last - 1 to checkpoint, in the caller's transaction
--- (a batch's own statement writes its partition's checkpoint itself: hand_out).
+-- (a batch's checkpoint is written by advance, or by its own statement: parked_batch_statement).
 CREATE FUNCTION eventstore_sql.write_checkpoints(
     projection text, instance_id text, first integer, last integer, checkpoint bigint) RETURNS void
 LANGUAGE sql VOLATILE
@@ -1631,16 +1644,20 @@ $$;
 CREATE FUNCTION eventstore_sql.recorded(
     projection text, instance_id text, partition integer,
     OUT parked boolean, OUT retries boolean, OUT failed boolean)
-LANGUAGE sql STABLE
-BEGIN ATOMIC
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
     SELECT EXISTS (SELECT FROM eventstore.parked_events p
                     WHERE p.projection = $1 AND p.instance_id IS NOT DISTINCT FROM $2),
            EXISTS (SELECT FROM eventstore.parked_events p
                     WHERE p.projection = $1 AND p.instance_id IS NOT DISTINCT FROM $2
                       AND p.partition = $3 AND p.retry),
            EXISTS (SELECT FROM eventstore.projection_failures f
-                    WHERE f.projection = $1 AND f.instance_id IS NOT DISTINCT FROM $2 AND f.partition = $3);
-END;
+                    WHERE f.projection = $1 AND f.instance_id IS NOT DISTINCT FROM $2 AND f.partition = $3)
+      INTO parked, retries, failed;
+END
+$$;
 
 -- The partition's recorded failure (position, attempts), if it is about an event past the
 -- checkpoint; NULLs otherwise.
@@ -1688,11 +1705,26 @@ BEGIN ATOMIC
 END;
 
 --
--- The batch (src/catchup/mod.rs, hand_out): one statement per batch, built from fixed fragments
--- only (no caller's string is ever part of the SQL text), with the parameters
--- $1 checkpoint, $2 upper bound, $3 batch size, $4 instance, $5 aggregate types, $6 event
--- types, $7 partition count, $8 partition, $9 projection.
+-- The batch (src/catchup/mod.rs, hand_out). The catch-up function runs the batch statement
+-- itself (RETURN QUERY EXECUTE), so that the rows go straight from the query into its result,
+-- and then moves the checkpoint (advance). Statements are built from fixed fragments only (no
+-- caller's string is ever part of the SQL text), with the parameters $1 checkpoint, $2 upper
+-- bound, $3 batch size, $4 instance, $5 aggregate types, $6 event types, $7 partition count,
+-- $8 partition, $9 projection, $10 positions of parked events to retry.
 --
+
+-- What the catch-up function needs to run a partition's next batch: statement, NULL for nothing
+-- to hand out; last_position, the statement that finds the last position of a full batch again
+-- (NULL: the statement moves the checkpoint itself); and the parameters.
+CREATE TYPE eventstore_sql.batch AS (
+    statement     text,
+    last_position text,
+    checkpoint    bigint,
+    upto          bigint,
+    batch_limit   integer,
+    partitions    integer,
+    retried       bigint[]
+);
 
 -- The conditions on event e up to the position upper (an expression): past the checkpoint, in
 -- scope, of the event types, of the partition. The aggregate types only where asked (by_type):
@@ -1723,33 +1755,50 @@ RETURN 'EXISTS (SELECT FROM eventstore.parked_events p '
 -- (instance_id, aggregate_type, position) and (aggregate_type, position) indexes). parked:
 -- parked events are left out (one may lie past the checkpoint: projection_failed parks a due
 -- failure whose park a failing batch rolled back); held: so are events held behind them.
+-- columns: 'events' (the events' columns), 'positions' (their positions only: an index-only
+-- scan) or 'partition_events' (the partition, then the event's columns: partition_catchup's rows).
 CREATE FUNCTION eventstore_sql.batch_events(
     by_instance boolean, by_type boolean, by_event_type boolean, partitioned boolean,
-    parked boolean, held boolean)
+    parked boolean, held boolean, columns text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
 RETURN CASE WHEN by_type
-            THEN 'SELECT x.* FROM unnest($5::text[]) AS t(aggregate_type) CROSS JOIN LATERAL ('
-                 'SELECT e.* FROM eventstore.events e WHERE e.aggregate_type = t.aggregate_type AND '
-            ELSE 'SELECT e.* FROM eventstore.events e WHERE ' END
+            THEN 'SELECT ' || CASE columns WHEN 'positions' THEN 'x.position'
+                                           WHEN 'partition_events' THEN '$8, x.*'
+                                           ELSE 'x.*' END
+                 || ' FROM unnest($5::text[]) AS t(aggregate_type) CROSS JOIN LATERAL (SELECT '
+                 || CASE columns WHEN 'positions' THEN 'e.position' ELSE 'e.*' END
+                 || ' FROM eventstore.events e WHERE e.aggregate_type = t.aggregate_type AND '
+            ELSE 'SELECT ' || CASE columns WHEN 'positions' THEN 'e.position'
+                                           WHEN 'partition_events' THEN '$8, e.*'
+                                           ELSE 'e.*' END
+                 || ' FROM eventstore.events e WHERE ' END
     || eventstore_sql.batch_conditions('$2', by_instance, held AND by_type, by_event_type, partitioned)
     || CASE WHEN held THEN ' AND NOT ' || eventstore_sql.parked_condition('<') ELSE '' END
     || CASE WHEN parked THEN ' AND NOT ' || eventstore_sql.parked_condition('=') ELSE '' END
     || ' ORDER BY e.position LIMIT $3'
     || CASE WHEN by_type THEN ') x ORDER BY x.position LIMIT $3' ELSE '' END;
 
--- A batch and the checkpoint it moves, in one statement (one snapshot): the checkpoint goes to
--- the last event handed out when the batch is full, else to the upper bound, past the events
--- the filters and the partitioning skipped (G5); with held, the events held behind a parked
--- event up to there are parked too (their held_behind: the first parked event of the
--- aggregate). Returns the events in position order.
-CREATE FUNCTION eventstore_sql.batch_statement(
+-- The events of `source` (an alias whose columns are an event's) as a batch statement returns
+-- them, in position order.
+CREATE FUNCTION eventstore_sql.batch_result(source text, columns text) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN 'SELECT '
+    || CASE columns WHEN 'partition_events' THEN '$8, ' ELSE '' END || source || '.*'
+    || ' FROM ' || source || ' ORDER BY ' || source || '.position';
+
+-- A batch of a projection with parked events, and the checkpoint it moves, in one statement:
+-- parked events may be discarded (discard_parked) meanwhile, without the partition lock, so
+-- the last position of a full batch is taken from the rows handed out, not found again; with
+-- held, the events held behind a parked event up to the new checkpoint are parked too (their
+-- held_behind: the first parked event of the aggregate), under the same snapshot.
+CREATE FUNCTION eventstore_sql.parked_batch_statement(
     by_instance boolean, by_type boolean, by_event_type boolean, partitioned boolean,
-    parked boolean, held boolean)
+    held boolean, columns text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
 RETURN 'WITH batch AS MATERIALIZED ('
-    || eventstore_sql.batch_events(by_instance, by_type, by_event_type, partitioned, parked, held)
+    || eventstore_sql.batch_events(by_instance, by_type, by_event_type, partitioned, true, held, 'events')
     || '), advanced AS ('
        'SELECT CASE WHEN count(*) = $3 THEN max(b.position) ELSE $2 END AS checkpoint FROM batch b)'
     || CASE WHEN NOT held THEN '' ELSE
@@ -1769,87 +1818,134 @@ RETURN 'WITH batch AS MATERIALIZED ('
        'SELECT $9, $4, $8, a.checkpoint, clock_timestamp() FROM advanced a '
        'ON CONFLICT ON CONSTRAINT projection_states_key '
        'DO UPDATE SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at) '
-       'SELECT b.* FROM batch b ORDER BY b.position';
+    || eventstore_sql.batch_result('batch', columns);
+
+-- Parked events handed out again: the events at positions $10, deleted from the parked events
+-- in the same statement (commit: done; roll back: they come again).
+CREATE FUNCTION eventstore_sql.retry_statement(columns text) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN 'WITH retried AS (DELETE FROM eventstore.parked_events r '
+       'WHERE r.projection = $9 AND r.instance_id IS NOT DISTINCT FROM $4 AND r.position = ANY ($10)), '
+       'e AS (SELECT * FROM eventstore.events WHERE position = ANY ($10)) '
+    || eventstore_sql.batch_result('e', columns);
 
 -- The next batch of partition part of a projection, whose lock the caller holds (G4-G7 per
--- partition; hand_out in src/catchup/mod.rs), with its checkpoint advanced in the caller's
--- transaction. horizon: the caller's, found before or after the lock (a position at or below
--- which every write has finished; the checkpoint and the batch are read after it, under READ
--- COMMITTED). d: the definition, read with the lock held. In order:
--- 1. parked events marked for retry come first, at most a batch, deleted from the parked events
---    in the caller's transaction (commit: done; roll back: they come again);
+-- partition; hand_out in src/catchup/mod.rs), as the statements that hand it out and move the
+-- checkpoint in the caller's transaction; statement NULL for nothing (and nothing written).
+-- horizon: the caller's, found before or after the lock (a position at or below which every
+-- write has finished; the checkpoint and the batch are read after it, under READ COMMITTED).
+-- d: the definition, read with the lock held. columns: as batch_events. In order:
+-- 1. parked events marked for retry come first, at most a batch;
 -- 2. the partition's layout: an old partition stops at the resize position, a new one waits
 --    until every old one has passed it;
 -- 3. a recorded failure past the checkpoint (G13): the events before the failing one as usual,
---    then the failing one alone, and after max_attempts, parked and passed. Events before it in
---    other partitions or filtered out are passed at once, so that zero rows still means
---    nothing;
--- 4. the batch and its checkpoint (batch_statement).
-CREATE FUNCTION eventstore_sql.hand_out(
+--    then the failing one alone, and after max_attempts, parked and passed (here, in the
+--    caller's transaction). Events before it in other partitions or filtered out are passed at
+--    once, so that zero rows still means nothing;
+-- 4. the batch: events up to the horizon (or the resize position) in position order, then the
+--    checkpoint moved (advance).
+-- The caller runs it: RETURN QUERY EXECUTE statement USING checkpoint, upto, batch_limit,
+-- instance, aggregate types, event types, partitions, part, projection, retried; then advance.
+CREATE FUNCTION eventstore_sql.next_batch(
     p text, i text, part integer, horizon bigint, batch_size integer, agg_types text[],
-    ev_types text[], d eventstore.projections)
-RETURNS SETOF eventstore.events
+    ev_types text[], d eventstore.projections, columns text)
+RETURNS eventstore_sql.batch
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    batch eventstore_sql.batch;
     recorded record;
-    retried bigint[];
-    checkpoint bigint;
     layout record;
-    upto bigint;
-    batch_limit integer := batch_size;
     failure record;
     parked boolean;
 BEGIN
     SELECT * INTO recorded FROM eventstore_sql.recorded(p, i, part);
     IF recorded.retries THEN
-        retried := ARRAY(SELECT r.position FROM eventstore.parked_events r
-                          WHERE r.projection = p AND r.instance_id IS NOT DISTINCT FROM i
-                            AND r.partition = part AND r.retry
-                          ORDER BY r.position LIMIT batch_size);
-        IF cardinality(retried) > 0 THEN
-            RETURN QUERY SELECT e.* FROM eventstore.events e WHERE e.position = ANY (retried) ORDER BY e.position;
-            DELETE FROM eventstore.parked_events r
-             WHERE r.projection = p AND r.instance_id IS NOT DISTINCT FROM i AND r.position = ANY (retried);
-            RETURN;
+        batch.retried := ARRAY(SELECT r.position FROM eventstore.parked_events r
+                                WHERE r.projection = p AND r.instance_id IS NOT DISTINCT FROM i
+                                  AND r.partition = part AND r.retry
+                                ORDER BY r.position LIMIT batch_size);
+        IF cardinality(batch.retried) > 0 THEN
+            batch.statement := eventstore_sql.retry_statement(columns);
+            RETURN batch;
         END IF;
     END IF;
-    checkpoint := eventstore_sql.checkpoint(p, i, part);
-    SELECT * INTO layout FROM eventstore_sql.layout(d, part, checkpoint);
+    batch.checkpoint := eventstore_sql.checkpoint(p, i, part);
+    SELECT * INTO layout FROM eventstore_sql.layout(d, part, batch.checkpoint);
     IF layout.partitions IS NULL THEN
-        RETURN;
+        RETURN batch;
     END IF;
-    upto := least(layout.until, horizon);
-    IF upto <= checkpoint THEN
-        RETURN;
+    batch.partitions := layout.partitions;
+    batch.upto := least(layout.until, horizon);
+    IF batch.upto <= batch.checkpoint THEN
+        RETURN batch;
     END IF;
+    batch.batch_limit := batch_size;
     parked := recorded.parked;
     IF recorded.failed THEN
-        SELECT * INTO failure FROM eventstore_sql.failure(p, i, part, checkpoint);
+        SELECT * INTO failure FROM eventstore_sql.failure(p, i, part, batch.checkpoint);
         IF failure.position IS NULL THEN
             NULL;   -- a failure at or below the checkpoint: passed already
-        ELSIF failure.position - 1 > checkpoint
-              AND eventstore_sql.has_events(p, i, part, checkpoint, failure.position - 1, agg_types,
-                                            ev_types, layout.partitions) THEN
-            upto := least(upto, failure.position - 1);
-        ELSIF failure.attempts >= d.max_attempts AND failure.position <= upto THEN
+        ELSIF failure.position - 1 > batch.checkpoint
+              AND eventstore_sql.has_events(p, i, part, batch.checkpoint, failure.position - 1,
+                                            agg_types, ev_types, batch.partitions) THEN
+            batch.upto := least(batch.upto, failure.position - 1);
+        ELSIF failure.attempts >= d.max_attempts AND failure.position <= batch.upto THEN
             PERFORM eventstore_sql.park(p, i, part);
             parked := true;
-            checkpoint := failure.position;
-            IF upto <= checkpoint THEN
-                PERFORM eventstore_sql.write_checkpoints(p, i, part, part + 1, checkpoint);
-                RETURN;
+            batch.checkpoint := failure.position;
+            IF batch.upto <= batch.checkpoint THEN
+                PERFORM eventstore_sql.write_checkpoints(p, i, part, part + 1, batch.checkpoint);
+                RETURN batch;
             END IF;
         ELSE
-            checkpoint := greatest(checkpoint, failure.position - 1);
-            upto := least(upto, failure.position);
-            batch_limit := 1;
+            batch.checkpoint := greatest(batch.checkpoint, failure.position - 1);
+            batch.upto := least(batch.upto, failure.position);
+            batch.batch_limit := 1;
         END IF;
     END IF;
-    RETURN QUERY EXECUTE eventstore_sql.batch_statement(i IS NOT NULL, agg_types IS NOT NULL,
-            ev_types IS NOT NULL, layout.partitions > 1, parked, parked AND d.hold_aggregate)
-     USING checkpoint, upto, batch_limit, i, agg_types, ev_types, layout.partitions, part, p;
+    IF parked THEN
+        batch.statement := eventstore_sql.parked_batch_statement(i IS NOT NULL, agg_types IS NOT NULL,
+            ev_types IS NOT NULL, batch.partitions > 1, d.hold_aggregate, columns);
+        RETURN batch;
+    END IF;
+    batch.statement := eventstore_sql.batch_events(i IS NOT NULL, agg_types IS NOT NULL,
+        ev_types IS NOT NULL, batch.partitions > 1, false, false, columns);
+    batch.last_position := 'SELECT max(z.position) FROM ('
+        || eventstore_sql.batch_events(i IS NOT NULL, agg_types IS NOT NULL, ev_types IS NOT NULL,
+               batch.partitions > 1, false, false, 'positions') || ') z';
+    RETURN batch;
+END
+$$;
+
+-- Moves the checkpoint of a batch that handed out `handed` events (G5), in the caller's
+-- transaction: to its last event when the batch is full (found again, from the index alone:
+-- the same rows, since every event at or below the upper bound was settled before the batch was
+-- read), else to the upper bound, past the events the filters and the partitioning skipped.
+-- Nothing for a batch whose statement moved the checkpoint itself.
+CREATE FUNCTION eventstore_sql.advance(
+    batch eventstore_sql.batch, handed bigint, p text, i text, part integer, agg_types text[],
+    ev_types text[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    advanced_to bigint := batch.upto;
+BEGIN
+    IF batch.last_position IS NULL THEN
+        RETURN;
+    END IF;
+    IF handed = batch.batch_limit THEN
+        EXECUTE batch.last_position INTO advanced_to
+          USING batch.checkpoint, batch.upto, batch.batch_limit, i, agg_types, ev_types,
+                batch.partitions, part, p;
+    END IF;
+    INSERT INTO eventstore.projection_states AS s (projection, instance_id, partition, checkpoint, updated_at)
+    VALUES (p, i, part, advanced_to, clock_timestamp())
+    ON CONFLICT ON CONSTRAINT projection_states_key
+    DO UPDATE SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at;
 END
 $$;
 
@@ -1865,7 +1961,7 @@ DECLARE
     found_one boolean;
 BEGIN
     EXECUTE 'SELECT EXISTS (' || eventstore_sql.batch_events(i IS NOT NULL, agg_types IS NOT NULL,
-            ev_types IS NOT NULL, partitions > 1, false, false) || ')'
+            ev_types IS NOT NULL, partitions > 1, false, false, 'positions') || ')'
        INTO found_one
       USING after, upto, 1, i, agg_types, ev_types, partitions, part, p;
     RETURN found_one;
@@ -1875,7 +1971,7 @@ $$;
 -- projection_catchup (src/catchup/mod.rs), in the caller's transaction:
 -- 1. the projection lock (G6), partition 0's: busy and wait = false, zero rows at once (trap 10);
 -- 2. the horizon from the floors (G4): never waits;
--- 3. the batch of partition 0 (hand_out), read under snapshots taken after both (READ
+-- 3. the batch of partition 0 (next_batch), read under snapshots taken after both (READ
 --    COMMITTED), its checkpoint advanced in the same statement (G5).
 -- A projection of more than one partition is refused (55000): partition_catchup runs it.
 -- Refused under REPEATABLE READ and SERIALIZABLE (0A000): SQL cannot read the batch under a
@@ -1897,6 +1993,8 @@ DECLARE
     r record := eventstore_sql.catchup_request('projection_catchup', projection, instance_id,
                     batch_size, aggregate_types, event_types);
     d eventstore.projections;
+    batch eventstore_sql.batch;
+    handed bigint;
 BEGIN
     PERFORM eventstore_sql.refuse_unless_read_committed('catches up',
         'events committed below the horizon, which the catch-up would then skip');
@@ -1912,8 +2010,15 @@ BEGIN
             'each with its own checkpoint and lock.',
             'Use eventstore.partition_catchup, which hands out the next batch of a free partition.');
     END IF;
-    RETURN QUERY SELECT * FROM eventstore_sql.hand_out(r.p, r.i, 0, eventstore_sql.horizon(r.i),
-        batch_size, r.agg_types, r.ev_types, d);
+    batch := eventstore_sql.next_batch(r.p, r.i, 0, eventstore_sql.horizon(r.i), batch_size,
+        r.agg_types, r.ev_types, d, 'events');
+    IF batch.statement IS NOT NULL THEN
+        RETURN QUERY EXECUTE batch.statement
+         USING batch.checkpoint, batch.upto, batch.batch_limit, r.i, r.agg_types, r.ev_types,
+               batch.partitions, 0, r.p, batch.retried;
+        GET DIAGNOSTICS handed = ROW_COUNT;
+        PERFORM eventstore_sql.advance(batch, handed, r.p, r.i, 0, r.agg_types, r.ev_types);
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION eventstore.projection_catchup(text, text, integer, text[], text[], boolean) IS
@@ -1924,7 +2029,7 @@ COMMENT ON FUNCTION eventstore.projection_catchup(text, text, integer, text[], t
 
 --
 -- Partitioned projections (src/catchup/partitions.rs, G12). Each partition is run like a whole
--- projection (hand_out); workers spread over the partitions by trying their locks in turn from
+-- projection (next_batch); workers spread over the partitions by trying their locks in turn from
 -- a rotating start, never waiting for a busy one unless asked to. A resize from M to N
 -- partitions takes effect at a position R (the last position drawn when set_partitions runs,
 -- with every partition's lock held, so no batch straddles it): an old partition hands out its
@@ -1983,8 +2088,25 @@ RETURN NOT EXISTS (
        AND l.classid::bigint = (key >> 32) & 4294967295 AND l.objid::bigint = key & 4294967295
        AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid());
 
--- What a partitioned batch returns: its partition and the event.
-CREATE TYPE eventstore_sql.handed AS (partition integer, event eventstore.events);
+-- What a partitioned batch returns: its partition and the event's columns (partition_catchup's
+-- result; flat, so that no row is built twice).
+CREATE TYPE eventstore_sql.partition_event AS (
+    partition      integer,
+    instance_id    text,
+    aggregate_type text,
+    aggregate_id   text,
+    sequence       bigint,
+    event_type     text,
+    revision       smallint,
+    payload        jsonb,
+    creator        text,
+    owner          text,
+    created_at     timestamptz,
+    "position"     bigint,
+    in_tx_order    integer,
+    id             uuid,
+    metadata       jsonb
+);
 
 -- partition_catchup: tries the partitions that may have something, in turn from a rotating
 -- start, taking each one's lock without waiting, and hands out the batch of the first free one
@@ -1994,7 +2116,7 @@ CREATE TYPE eventstore_sql.handed AS (partition integer, event eventstore.events
 CREATE FUNCTION eventstore_sql.partition_batch(
     projection text, instance_id text, batch_size integer, aggregate_types text[],
     event_types text[], wait boolean)
-RETURNS SETOF eventstore_sql.handed
+RETURNS SETOF eventstore_sql.partition_event
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2008,6 +2130,8 @@ DECLARE
     horizon bigint;
     part integer;
     any_free boolean := false;
+    batch eventstore_sql.batch;
+    handed bigint;
 BEGIN
     PERFORM eventstore_sql.refuse_unless_read_committed('catches up',
         'events committed below the horizon, which the catch-up would then skip');
@@ -2016,29 +2140,40 @@ BEGIN
     slots := eventstore_sql.slots(d);
     first := eventstore_sql.first_partition(slots);
     horizon := eventstore_sql.horizon(r.i);
-    FOR n IN 0 .. slots - 1 LOOP
-        part := (first + n) % slots;
-        IF NOT eventstore_sql.may_have_work(r.p, r.i, part, horizon, d) THEN
-            -- As free as the native catch-up would have found it (it takes and gives back).
-            any_free := any_free
-                OR coalesce(wait, false) AND eventstore_sql.lock_is_free(eventstore.projection_lock_key(r.p, r.i, part));
-            CONTINUE;
-        END IF;
-        IF NOT eventstore_sql.lock_projection(r.p, r.i, part, false) THEN
-            CONTINUE;
-        END IF;
-        any_free := true;
-        RETURN QUERY SELECT part, e FROM eventstore_sql.hand_out(r.p, r.i, part, horizon, batch_size,
-            r.agg_types, r.ev_types, eventstore_sql.definition(r.p, r.i)) e;
-        IF FOUND THEN
+    -- One try per partition from the rotating start; then, with wait and every partition busy,
+    -- one more: the first partition tried, waiting for its lock.
+    FOR n IN 0 .. slots LOOP
+        IF n < slots THEN
+            part := (first + n) % slots;
+            IF NOT eventstore_sql.may_have_work(r.p, r.i, part, horizon, d) THEN
+                -- As free as the native catch-up would have found it (it takes and gives back).
+                any_free := any_free OR coalesce(wait, false)
+                    AND eventstore_sql.lock_is_free(eventstore.projection_lock_key(r.p, r.i, part));
+                CONTINUE;
+            END IF;
+            IF NOT eventstore_sql.lock_projection(r.p, r.i, part, false) THEN
+                CONTINUE;
+            END IF;
+            any_free := true;
+        ELSIF coalesce(wait, false) AND NOT any_free THEN
+            part := first;
+            PERFORM eventstore_sql.lock_projection(r.p, r.i, part, true);
+        ELSE
             RETURN;
         END IF;
+        batch := eventstore_sql.next_batch(r.p, r.i, part, horizon, batch_size, r.agg_types,
+            r.ev_types, eventstore_sql.definition(r.p, r.i), 'partition_events');
+        IF batch.statement IS NOT NULL THEN
+            RETURN QUERY EXECUTE batch.statement
+             USING batch.checkpoint, batch.upto, batch.batch_limit, r.i, r.agg_types, r.ev_types,
+                   batch.partitions, part, r.p, batch.retried;
+            GET DIAGNOSTICS handed = ROW_COUNT;
+            PERFORM eventstore_sql.advance(batch, handed, r.p, r.i, part, r.agg_types, r.ev_types);
+            IF handed > 0 THEN
+                RETURN;
+            END IF;
+        END IF;
     END LOOP;
-    IF coalesce(wait, false) AND NOT any_free THEN
-        PERFORM eventstore_sql.lock_projection(r.p, r.i, first, true);
-        RETURN QUERY SELECT first, e FROM eventstore_sql.hand_out(r.p, r.i, first, horizon, batch_size,
-            r.agg_types, r.ev_types, eventstore_sql.definition(r.p, r.i)) e;
-    END IF;
 END
 $$;
 
@@ -2069,8 +2204,7 @@ CREATE FUNCTION eventstore.partition_catchup(
 )
 LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT h.partition, (h.event).*
-        FROM eventstore_sql.partition_batch($1, $2, $3, $4, $5, $6) h $$;
+AS $$ SELECT * FROM eventstore_sql.partition_batch($1, $2, $3, $4, $5, $6) $$;
 COMMENT ON FUNCTION eventstore.partition_catchup(text, text, integer, text[], text[], boolean) IS
     'The next batch of the first free partition of a projection that has one (G4-G7 per '
     'partition, G12), its checkpoint advanced in the caller''s transaction. Busy partitions are '
