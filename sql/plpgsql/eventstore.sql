@@ -1463,7 +1463,6 @@ COMMENT ON TABLE eventstore.parked_events IS
     'failure), or held behind such an event of the same aggregate (held_behind). retry: handed '
     'out again by the partition''s next catch-up.';
 
-
 -- A catch-up's filters: NULL means every type; otherwise a non-empty list of names without
 -- NULL or empty ones, sorted, without repeats.
 CREATE FUNCTION eventstore_sql.type_filter(field text, types text[]) RETURNS text[]
@@ -1513,10 +1512,11 @@ BEGIN
 END
 $$;
 
--- Refuses a call that waits for projection locks and then reads checkpoints, outside READ
--- COMMITTED (0A000): SQL cannot read under a snapshot newer than the transaction's, so under
+-- Refuses a call that waits for projection locks and then reads checkpoints and events, outside
+-- READ COMMITTED (0A000): SQL cannot read under a snapshot newer than the transaction's, so under
 -- REPEATABLE READ it would read the state from before the wait (the native functions read with
--- fresh snapshots). action: what the message says the edition does only under READ COMMITTED.
+-- fresh snapshots). action: what the message says the edition does only under READ COMMITTED;
+-- hazard: what the snapshot could hide.
 CREATE FUNCTION eventstore_sql.refuse_unless_read_committed(action text, hazard text) RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -1527,8 +1527,8 @@ BEGIN
             format('the SQL edition %s only under READ COMMITTED', action),
             format('This transaction is %s: its snapshot could hide %s.',
                 upper(current_setting('transaction_isolation')), hazard),
-            'Catch up in a READ COMMITTED transaction (the native extension also serves REPEATABLE READ '
-            'and SERIALIZABLE).');
+            'Use a READ COMMITTED transaction (the native extension also serves REPEATABLE READ and '
+            'SERIALIZABLE).');
     END IF;
 END
 $$;
@@ -1972,7 +1972,7 @@ $$;
 -- 1. the projection lock (G6), partition 0's: busy and wait = false, zero rows at once (trap 10);
 -- 2. the horizon from the floors (G4): never waits;
 -- 3. the batch of partition 0 (next_batch), read under snapshots taken after both (READ
---    COMMITTED), its checkpoint advanced in the same statement (G5).
+--    COMMITTED), then its checkpoint advanced in the caller's transaction (advance, G5).
 -- A projection of more than one partition is refused (55000): partition_catchup runs it.
 -- Refused under REPEATABLE READ and SERIALIZABLE (0A000): SQL cannot read the batch under a
 -- snapshot newer than the transaction's, and an event committed after that snapshot below the
@@ -2053,10 +2053,10 @@ END
 $$;
 
 -- Whether a partition may have something to hand out: parked events marked for retry, or a
--- layout with events up to the horizon past its checkpoint. Read without its lock: a partition
--- without is passed over without taking it (an advisory lock taken in a transaction cannot be
--- given back before it ends, where the native catch-up gives back the lock of a partition that
--- had nothing).
+-- layout with positions up to the horizon past its checkpoint. Read without its lock, so that a
+-- partition with nothing is passed over without taking it: an advisory lock taken in a
+-- transaction cannot be given back before the transaction ends (the native catch-up takes the
+-- lock of a partition that has nothing and gives it back).
 CREATE FUNCTION eventstore_sql.may_have_work(p text, i text, part integer, horizon bigint, d eventstore.projections)
 RETURNS boolean
 LANGUAGE plpgsql STABLE
