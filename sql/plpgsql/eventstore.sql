@@ -2108,11 +2108,11 @@ CREATE TYPE eventstore_sql.partition_event AS (
     metadata       jsonb
 );
 
--- partition_catchup: tries the partitions that may have something, in turn from a rotating
--- start, taking each one's lock without waiting, and hands out the batch of the first free one
--- that has one. A partition whose checkpoint moved past other partitions' (or filtered) events
--- without a batch keeps its lock until the transaction ends, with the write. With wait, when
--- every partition is busy, waits for the first one tried.
+-- partition_catchup (G4-G7 per partition, G12): tries the partitions that may have something,
+-- in turn from a rotating start, taking each one's lock without waiting, and hands out the batch
+-- of the first free one that has one. A partition whose checkpoint moved past other partitions'
+-- (or filtered) events without a batch keeps its lock until the transaction ends, with the
+-- write. With wait, when every partition is busy, waits for the first one tried.
 CREATE FUNCTION eventstore_sql.partition_batch(
     projection text, instance_id text, batch_size integer, aggregate_types text[],
     event_types text[], wait boolean)
@@ -2254,7 +2254,7 @@ BEGIN
 END
 $$;
 
--- set_partitions (src/catchup/partitions.rs): waits for every partition's running batch, then
+-- set_partitions (src/catchup/partitions.rs, G12): waits for every partition's running batch, then
 -- records the resize position R, the last position drawn, and the old count. For a projection
 -- that never handed anything out, R is 0 and every partition starts from the beginning. The
 -- checkpoint rows: rows beyond the old count (left by an earlier, drained shrink) go; every old
@@ -2323,6 +2323,8 @@ COMMENT ON FUNCTION eventstore.set_partitions(text, text, integer) IS
 -- max_attempts times park it and go on. No subtransaction anywhere (G8).
 --
 
+-- set_poison_policy (G13): after max_attempts (1..100) recorded failures an event is parked;
+-- hold_aggregate: its aggregate's later events are parked behind it (true) or go on (false).
 CREATE FUNCTION eventstore.set_poison_policy(
     projection     text,
     instance_id    text,
@@ -2359,8 +2361,8 @@ COMMENT ON FUNCTION eventstore.set_poison_policy(text, text, integer, boolean) I
     'After max_attempts (1..100) recorded failures an event is parked; hold_aggregate: the same '
     'aggregate''s later events are parked behind it (true) or go on (false).';
 
--- projection_failed: counts a handler failure, in the caller's transaction, which should be a
--- new one after the failing batch rolled back (trap 16). The failing event is position when
+-- projection_failed (G13): counts a handler failure, in the caller's transaction, which should
+-- be a new one after the failing batch rolled back (trap 16). The failing event is position when
 -- given (past the partition's checkpoint), else the partition's next event after its
 -- checkpoint; a retried parked event handed out again is parked again, with one more attempt.
 -- Waits for the partition's running batch. When an earlier failure of the partition is due to
@@ -2470,8 +2472,9 @@ BEGIN
 END
 $$;
 
--- retry_parked marks parked events to be handed out again, first, by their partition's next
--- catch-up (the partition of the current count).
+-- retry_parked (G13) marks parked events (all when positions is NULL) to be handed out again,
+-- first, by their partition's next catch-up (the partition of the current count). Returns how
+-- many.
 CREATE FUNCTION eventstore.retry_parked(projection text, instance_id text, positions bigint[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
@@ -2502,6 +2505,7 @@ COMMENT ON FUNCTION eventstore.retry_parked(text, text, bigint[]) IS
     'Marks parked events (all when positions is NULL) to be handed out again, in position order, '
     'by their partition''s next catch-up, before its new events. Returns how many.';
 
+-- discard_parked (G13) deletes parked events (all when positions is NULL). Returns how many.
 CREATE FUNCTION eventstore.discard_parked(projection text, instance_id text, positions bigint[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
@@ -2526,7 +2530,7 @@ COMMENT ON FUNCTION eventstore.discard_parked(text, text, bigint[]) IS
     'Deletes parked events (all when positions is NULL): they are never handed out again. '
     'Returns how many.';
 
--- Rebuilds (src/catchup/rebuild.rs): sets the checkpoint of one partition, or of every
+-- Rebuilds (src/catchup/rebuild.rs; G5, G6 per partition): sets the checkpoint of one partition, or of every
 -- partition when partition is NULL, to to_position (0: from the beginning), waiting for running
 -- batches (every partition's lock), in the caller's transaction, so that the events after it are
 -- handed out again; forgets their recorded failures (parked events stay: discard_parked drops
