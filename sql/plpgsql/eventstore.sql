@@ -6,11 +6,16 @@
 --     psql -v ON_ERROR_STOP=1 --single-transaction -d mydb -f sql/plpgsql/eventstore.sql
 --
 -- It gives schema eventstore with the tables, types, views, roles, grants and row-level security
--- of sql/eventstore.sql, and functions of the same names and signatures. What differs from the
--- native extension is listed in README.md ("Installing on a managed service") and at each
--- function below; in short: the horizon is always the floors (horizon_mode() = 'sql'), read
--- from the pg_locks view; wait_for_events polls with back-off; catch-up refuses REPEATABLE READ
--- and SERIALIZABLE; lock keys live in pg_advisory_lock's own key spaces.
+-- of sql/eventstore.sql, and functions of the same names and signatures: push, catch-up,
+-- partitioned projections (G12), poison events (G13), rebuilds, tenancy, next_number. What
+-- differs from the native extension is listed in README.md ("Installing on a managed service")
+-- and at each function below; in short: the horizon is always the floors (horizon_mode() =
+-- 'sql'), read from the pg_locks view; wait_for_events polls with back-off; catch-up (and
+-- set_partitions, projection_failed, reset_projection, which wait for partition locks and then
+-- read checkpoints) refuses REPEATABLE READ and SERIALIZABLE; lock keys live in
+-- pg_advisory_lock's own key spaces; partition_catchup passes over a partition that has nothing
+-- to hand out without taking its lock (a transaction's advisory lock cannot be given back before
+-- the transaction ends).
 --
 -- No subtransaction anywhere (G8): no SAVEPOINT, no EXCEPTION block. Internals live in schema
 -- eventstore_sql, which no role but the owner may use; every public function is SECURITY
@@ -1412,199 +1417,6 @@ COMMENT ON FUNCTION eventstore.partition_of(text, text, text, integer) IS
     'The partition (0..partitions-1) an aggregate''s events belong to in a projection of '
     'that many partitions.';
 
--- A catch-up's filters: NULL means every type; otherwise a non-empty list of names without
--- NULL or empty ones, sorted, without repeats.
-CREATE FUNCTION eventstore_sql.type_filter(field text, types text[]) RETURNS text[]
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF types IS NULL THEN
-        RETURN NULL;
-    END IF;
-    IF cardinality(types) = 0 THEN
-        PERFORM eventstore_sql.refuse('22023', field || ' must not be empty',
-            field || ' is an empty array, which would match no event.', 'Pass NULL for every type.');
-    END IF;
-    IF EXISTS (SELECT FROM unnest(types) t WHERE coalesce(t, '') = '') THEN
-        PERFORM eventstore_sql.refuse('22023', field || ' must not contain NULL or an empty string',
-            field || ' has an element that is '
-            || CASE WHEN array_position(types, NULL) IS NOT NULL THEN 'NULL' ELSE 'empty' END || '.',
-            'Pass NULL instead of the array for every type.');
-    END IF;
-    RETURN ARRAY(SELECT DISTINCT t FROM unnest(types) t ORDER BY 1);
-END
-$$;
-
--- A projection's checkpoint (partition 0), 0 when it has none. Two index look-ups, one for an
--- instance and one for a global projection (instance_id NULL), so that a cached plan serves both.
-CREATE FUNCTION eventstore_sql.checkpoint(projection text, instance_id text) RETURNS bigint
-LANGUAGE sql STABLE
-RETURN coalesce((SELECT s.checkpoint FROM eventstore.projection_states s
-                  WHERE s.projection = $1 AND s.instance_id = $2 AND s.partition = 0
-                 UNION ALL
-                 SELECT s.checkpoint FROM eventstore.projection_states s
-                  WHERE $2 IS NULL AND s.projection = $1 AND s.instance_id IS NULL AND s.partition = 0), 0);
-
--- projection_catchup (src/catchup/mod.rs), in the caller's transaction:
--- 1. the projection lock (G6): busy and wait = false, zero rows at once (trap 10);
--- 2. the horizon from the floors (G4): never waits;
--- 3. the checkpoint and the batch, read under snapshots taken after both (READ COMMITTED);
--- 4. the checkpoint advanced (G5): to the last event handed out when the batch is full, else to
---    the horizon, past the events the filters skipped.
--- Refused under REPEATABLE READ and SERIALIZABLE (0A000): SQL cannot read the batch under a
--- snapshot newer than the transaction's, and an event committed after that snapshot below the
--- horizon would be skipped. (The native catch-up reads with fresh snapshots there.)
-CREATE FUNCTION eventstore.projection_catchup(
-    projection      text,
-    instance_id     text    DEFAULT NULL,
-    batch_size      integer DEFAULT 1000,
-    aggregate_types text[]  DEFAULT NULL,
-    event_types     text[]  DEFAULT NULL,
-    wait            boolean DEFAULT false
-) RETURNS SETOF eventstore.events
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_variable
-DECLARE
-    tenant text := eventstore_sql.caller_tenant();
-    i text := CASE WHEN instance_id IS NULL THEN NULL ELSE eventstore_sql.identifier('instance_id', instance_id) END;
-    p text := eventstore_sql.identifier('projection', projection);
-    agg_types text[];
-    ev_types text[];
-    partitions integer;
-    horizon bigint;
-    checkpoint bigint;
-    batch_query text;
-    handed bigint;
-    advanced_to bigint;
-BEGIN
-    i := eventstore_sql.resolve(tenant, i, 'projection_catchup');
-    IF batch_size IS NULL OR batch_size NOT BETWEEN 1 AND 100000 THEN
-        PERFORM eventstore_sql.refuse('22023', 'batch_size is out of range',
-            format('batch_size is %s; it must be between 1 and 100000.', coalesce(batch_size::text, 'NULL')));
-    END IF;
-    agg_types := eventstore_sql.type_filter('aggregate_types', aggregate_types);
-    ev_types := eventstore_sql.type_filter('event_types', event_types);
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        PERFORM eventstore_sql.refuse('0A000',
-            'the SQL edition catches up only under READ COMMITTED',
-            format('This transaction is %s: its snapshot could hide events committed below the '
-                   'horizon, which the catch-up would then skip.', upper(current_setting('transaction_isolation'))),
-            'Catch up in a READ COMMITTED transaction (the native extension also serves REPEATABLE READ '
-            'and SERIALIZABLE).');
-    END IF;
-    PERFORM eventstore_sql.refuse_while_writing();
-    IF NOT eventstore_sql.lock_projection(p, i, 0, coalesce(wait, false)) THEN
-        RETURN;
-    END IF;
-    SELECT d.partitions INTO partitions FROM eventstore.projections d
-     WHERE d.projection = p AND (d.instance_id = i OR i IS NULL AND d.instance_id IS NULL);
-    IF partitions > 1 THEN
-        PERFORM eventstore_sql.refuse('55000',
-            format('projection "%s" has %s partitions', left(p, 80), partitions),
-            'projection_catchup hands out a whole projection; this one is split into partitions, '
-            'each with its own checkpoint and lock.',
-            'Use eventstore.partition_catchup, which hands out the next batch of a free partition.');
-    END IF;
-    horizon := eventstore_sql.horizon(i);
-    checkpoint := eventstore_sql.checkpoint(p, i);
-    IF horizon <= checkpoint THEN
-        RETURN;
-    END IF;
-    -- Built from fixed fragments only: no caller's string is ever part of the SQL text. $1
-    -- checkpoint, $2 horizon, $3 batch size, $4 instance, $5 aggregate types, $6 event types.
-    batch_query := CASE WHEN agg_types IS NULL
-                        THEN 'SELECT %1$s FROM eventstore.events e WHERE '
-                        ELSE 'SELECT y.* FROM unnest($5) AS t(aggregate_type) CROSS JOIN LATERAL ('
-                             'SELECT %1$s FROM eventstore.events e WHERE e.aggregate_type = t.aggregate_type AND ' END
-        || 'e.position > $1 AND e.position <= $2'
-        || CASE WHEN i IS NULL THEN '' ELSE ' AND e.instance_id = $4' END
-        || CASE WHEN ev_types IS NULL THEN '' ELSE ' AND e.event_type = ANY ($6)' END
-        || ' ORDER BY e.position LIMIT $3'
-        || CASE WHEN agg_types IS NULL THEN '' ELSE ') y ORDER BY y.position LIMIT $3' END;
-    RETURN QUERY EXECUTE format(batch_query, 'e.*')
-     USING checkpoint, horizon, batch_size, i, agg_types, ev_types;
-    GET DIAGNOSTICS handed = ROW_COUNT;
-    -- A full batch moves the checkpoint to its last event (read again, from the index alone:
-    -- the same rows, since every event at or below the horizon was settled before it was read),
-    -- else to the horizon, past what the filters skipped.
-    advanced_to := horizon;
-    IF handed = batch_size THEN
-        EXECUTE 'SELECT max(z.position) FROM (' || format(batch_query, 'e.position') || ') z'
-           INTO advanced_to
-          USING checkpoint, horizon, batch_size, i, agg_types, ev_types;
-    END IF;
-    INSERT INTO eventstore.projection_states AS s (projection, instance_id, partition, checkpoint, updated_at)
-    VALUES (p, i, 0, advanced_to, clock_timestamp())
-    ON CONFLICT ON CONSTRAINT projection_states_key
-    DO UPDATE SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at;
-END
-$$;
-COMMENT ON FUNCTION eventstore.projection_catchup(text, text, integer, text[], text[], boolean) IS
-    'Hands out the next batch of a projection in position order and advances its checkpoint '
-    'in the caller''s transaction: never skipped (G4), never duplicated (G5), never run twice '
-    'at once (G6), in order (G7). Busy and wait = false: zero rows at once. READ COMMITTED only '
-    '(SQL edition).';
-
--- Partitioned projections and poison events (src/catchup/partitions.rs, poison.rs) are not in
--- the SQL edition yet: their tables are here, so that the schema is the native one, and their
--- functions refuse with 0A000.
-CREATE FUNCTION eventstore_sql.not_in_sql_edition(what text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM eventstore_sql.refuse('0A000', what || ' is not in the SQL edition yet',
-        'Partitioned projections and poison events need the native extension for now.',
-        'See README.md, "Installing on a managed service".');
-END
-$$;
-
--- For partition_catchup, whose result columns repeat its argument names (PL/pgSQL refuses that).
-CREATE FUNCTION eventstore_sql.no_batch(what text) RETURNS SETOF eventstore.events
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$ BEGIN PERFORM eventstore_sql.not_in_sql_edition(what); END $$;
-
-CREATE FUNCTION eventstore.set_partitions(projection text, instance_id text, partitions integer)
-RETURNS bigint
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$ BEGIN PERFORM eventstore_sql.not_in_sql_edition('set_partitions'); RETURN NULL; END $$;
-COMMENT ON FUNCTION eventstore.set_partitions(text, text, integer) IS
-    'Not in the SQL edition yet (0A000).';
-
-CREATE FUNCTION eventstore.partition_catchup(
-    projection      text,
-    instance_id     text    DEFAULT NULL,
-    batch_size      integer DEFAULT 1000,
-    aggregate_types text[]  DEFAULT NULL,
-    event_types     text[]  DEFAULT NULL,
-    wait            boolean DEFAULT false
-) RETURNS TABLE (
-    partition      integer,
-    instance_id    text,
-    aggregate_type text,
-    aggregate_id   text,
-    sequence       bigint,
-    event_type     text,
-    revision       smallint,
-    payload        jsonb,
-    creator        text,
-    owner          text,
-    created_at     timestamptz,
-    "position"     bigint,
-    in_tx_order    integer,
-    id             uuid,
-    metadata       jsonb
-)
-LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT 0, e.* FROM eventstore_sql.no_batch('partition_catchup') e $$;
-COMMENT ON FUNCTION eventstore.partition_catchup(text, text, integer, text[], text[], boolean) IS
-    'Not in the SQL edition yet (0A000).';
 -- Poison events (src/catchup/poison.rs, G13). A worker whose handler failed rolls back and, in a
 -- transaction of its own, calls projection_failed: the failure is recorded here, outside the
 -- failing transaction (trap 16). The partition's next batch then stops before the failing event
@@ -1653,6 +1465,868 @@ COMMENT ON TABLE eventstore.parked_events IS
     'failure), or held behind such an event of the same aggregate (held_behind). retry: handed '
     'out again by the partition''s next catch-up.';
 
+-- A catch-up's filters: NULL means every type; otherwise a non-empty list of names without
+-- NULL or empty ones, sorted, without repeats.
+CREATE FUNCTION eventstore_sql.type_filter(field text, types text[]) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF types IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF cardinality(types) = 0 THEN
+        PERFORM eventstore_sql.refuse('22023', field || ' must not be empty',
+            field || ' is an empty array, which would match no event.', 'Pass NULL for every type.');
+    END IF;
+    IF EXISTS (SELECT FROM unnest(types) t WHERE coalesce(t, '') = '') THEN
+        PERFORM eventstore_sql.refuse('22023', field || ' must not contain NULL or an empty string',
+            field || ' has an element that is '
+            || CASE WHEN array_position(types, NULL) IS NOT NULL THEN 'NULL' ELSE 'empty' END || '.',
+            'Pass NULL instead of the array for every type.');
+    END IF;
+    RETURN ARRAY(SELECT DISTINCT t FROM unnest(types) t ORDER BY 1);
+END
+$$;
+
+-- A catch-up's arguments, checked as the native Request (src/catchup/mod.rs): the projection,
+-- the instance resolved for the caller's tenant (what names the call in a refusal), the batch
+-- size and the type filters.
+CREATE FUNCTION eventstore_sql.catchup_request(
+    what text, projection text, instance_id text, batch_size integer, aggregate_types text[],
+    event_types text[], OUT p text, OUT i text, OUT agg_types text[], OUT ev_types text[])
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    tenant text := eventstore_sql.caller_tenant();
+BEGIN
+    i := CASE WHEN instance_id IS NULL THEN NULL ELSE eventstore_sql.identifier('instance_id', instance_id) END;
+    p := eventstore_sql.identifier('projection', projection);
+    i := eventstore_sql.resolve(tenant, i, what);
+    IF batch_size IS NULL OR batch_size NOT BETWEEN 1 AND 100000 THEN
+        PERFORM eventstore_sql.refuse('22023', 'batch_size is out of range',
+            format('batch_size is %s; it must be between 1 and 100000.', coalesce(batch_size::text, 'NULL')));
+    END IF;
+    agg_types := eventstore_sql.type_filter('aggregate_types', aggregate_types);
+    ev_types := eventstore_sql.type_filter('event_types', event_types);
+END
+$$;
+
+-- Refuses a call that waits for projection locks and then reads checkpoints and events, outside
+-- READ COMMITTED (0A000): SQL cannot read under a snapshot newer than the transaction's, so under
+-- REPEATABLE READ it would read the state from before the wait (the native functions read with
+-- fresh snapshots). action: what the message says the edition does only under READ COMMITTED;
+-- hazard: what the snapshot could hide.
+CREATE FUNCTION eventstore_sql.refuse_unless_read_committed(action text, hazard text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM eventstore_sql.refuse('0A000',
+            format('the SQL edition %s only under READ COMMITTED', action),
+            format('This transaction is %s: its snapshot could hide %s.',
+                upper(current_setting('transaction_isolation')), hazard),
+            'Use a READ COMMITTED transaction (the native extension also serves REPEATABLE READ and '
+            'SERIALIZABLE).');
+    END IF;
+END
+$$;
+
+-- The projection's definition (its row of eventstore.projections), or the one of a projection
+-- without a row: 1 partition, the default poison policy. Two index look-ups, one for an instance
+-- and one for a global projection (instance_id NULL), so that a cached plan serves both; in
+-- PL/pgSQL, as the look-ups below that every catch-up makes, so that it is planned once per
+-- session (a SQL function's statements are planned again in every transaction).
+CREATE FUNCTION eventstore_sql.definition(projection text, instance_id text) RETURNS eventstore.projections
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN coalesce(
+        (SELECT d FROM eventstore.projections d WHERE d.projection = $1 AND d.instance_id = $2
+         UNION ALL
+         SELECT d FROM eventstore.projections d
+          WHERE $2 IS NULL AND d.projection = $1 AND d.instance_id IS NULL),
+        ROW($1, $2, 1, NULL, 0, 3, true, NULL)::eventstore.projections);
+END
+$$;
+
+-- Partition numbers that may have something to hand out: the new layout's and, while a resize
+-- drains, the old one's.
+CREATE FUNCTION eventstore_sql.slots(d eventstore.projections) RETURNS integer
+LANGUAGE sql IMMUTABLE
+RETURN greatest(d.partitions, d.resize_from);
+
+-- A partition's checkpoint, 0 when it has none; index look-ups as in definition.
+CREATE FUNCTION eventstore_sql.checkpoint(projection text, instance_id text, partition integer) RETURNS bigint
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN coalesce((SELECT s.checkpoint FROM eventstore.projection_states s
+                      WHERE s.projection = $1 AND s.instance_id = $2 AND s.partition = $3
+                     UNION ALL
+                     SELECT s.checkpoint FROM eventstore.projection_states s
+                      WHERE $2 IS NULL AND s.projection = $1 AND s.instance_id IS NULL
+                        AND s.partition = $3), 0);
+END
+$$;
+
+-- The lowest checkpoint of a projection's partitions, 0 when it has none.
+CREATE FUNCTION eventstore_sql.lowest_checkpoint(projection text, instance_id text) RETURNS bigint
+LANGUAGE sql STABLE
+RETURN coalesce((SELECT pg_catalog.min(s.checkpoint) FROM eventstore.projection_states s
+                  WHERE s.projection = $1 AND s.instance_id = $2),
+                (SELECT pg_catalog.min(s.checkpoint) FROM eventstore.projection_states s
+                  WHERE $2 IS NULL AND s.projection = $1 AND s.instance_id IS NULL), 0);
+
+-- Sets the checkpoints of partitions first..last - 1 to checkpoint, in the caller's transaction
+-- (a batch's checkpoint is written by advance, or by its own statement: parked_batch_statement).
+CREATE FUNCTION eventstore_sql.write_checkpoints(
+    projection text, instance_id text, first integer, last integer, checkpoint bigint) RETURNS void
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    INSERT INTO eventstore.projection_states AS s (projection, instance_id, partition, checkpoint, updated_at)
+    SELECT $1, $2, p, $5, pg_catalog.clock_timestamp() FROM pg_catalog.generate_series($3, $4 - 1) AS p
+    ON CONFLICT ON CONSTRAINT projection_states_key
+    DO UPDATE SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at;
+END;
+
+-- Whether every partition of the old layout (0..old-1) has committed a checkpoint at or past the
+-- resize position (the statement's snapshot: call it with the partition's lock held).
+CREATE FUNCTION eventstore_sql.old_partitions_passed(
+    projection text, instance_id text, old integer, resize_position bigint) RETURNS boolean
+LANGUAGE sql STABLE
+RETURN (SELECT pg_catalog.count(*) FROM eventstore.projection_states s
+         WHERE s.projection = $1 AND s.instance_id IS NOT DISTINCT FROM $2
+           AND s.partition < $3 AND s.checkpoint >= $4) = $3;
+
+-- Which events a partition at checkpoint hands out now (partitions.rs, Definition::layout):
+-- partitions, the count its events are chosen by, and until, the last position it may hand out
+-- (an old partition stops at the resize position; NULL: no limit). partitions NULL: nothing (a
+-- partition beyond the count, or a new partition while an old one has not reached the resize
+-- position).
+CREATE FUNCTION eventstore_sql.layout(
+    d eventstore.projections, partition integer, checkpoint bigint,
+    OUT partitions integer, OUT until bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+    IF d.resize_from IS NOT NULL THEN
+        IF partition < d.resize_from AND checkpoint < d.resize_position THEN
+            partitions := d.resize_from;
+            until := d.resize_position;
+            RETURN;
+        END IF;
+        IF partition >= d.partitions
+           OR NOT eventstore_sql.old_partitions_passed(d.projection, d.instance_id, d.resize_from,
+                                                       d.resize_position) THEN
+            RETURN;
+        END IF;
+    END IF;
+    IF partition < d.partitions THEN
+        partitions := d.partitions;
+    END IF;
+END
+$$;
+
+--
+-- Poison events (src/catchup/poison.rs, G13): what projection_failed records, and what a
+-- catch-up does with it.
+--
+
+-- What a partition has recorded, in one statement, so that a catch-up with nothing recorded
+-- (the usual case) runs no other statement about poison: the projection has parked events;
+-- the partition has parked events marked for retry; the partition has a recorded failure.
+CREATE FUNCTION eventstore_sql.recorded(
+    projection text, instance_id text, partition integer,
+    OUT parked boolean, OUT retries boolean, OUT failed boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT EXISTS (SELECT FROM eventstore.parked_events p
+                    WHERE p.projection = $1 AND p.instance_id IS NOT DISTINCT FROM $2),
+           EXISTS (SELECT FROM eventstore.parked_events p
+                    WHERE p.projection = $1 AND p.instance_id IS NOT DISTINCT FROM $2
+                      AND p.partition = $3 AND p.retry),
+           EXISTS (SELECT FROM eventstore.projection_failures f
+                    WHERE f.projection = $1 AND f.instance_id IS NOT DISTINCT FROM $2 AND f.partition = $3)
+      INTO parked, retries, failed;
+END
+$$;
+
+-- The partition's recorded failure (position, attempts), if it is about an event past the
+-- checkpoint; NULLs otherwise.
+CREATE FUNCTION eventstore_sql.failure(
+    projection text, instance_id text, partition integer, checkpoint bigint,
+    OUT "position" bigint, OUT attempts integer)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT f.position, f.attempts FROM eventstore.projection_failures f
+     WHERE f.projection = $1 AND f.instance_id IS NOT DISTINCT FROM $2 AND f.partition = $3
+       AND f.position > $4;
+END;
+
+-- Parks the partition's failing event, in the caller's transaction, and forgets the failure.
+CREATE FUNCTION eventstore_sql.park(projection text, instance_id text, partition integer) RETURNS void
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    INSERT INTO eventstore.parked_events (projection, instance_id, partition, position, event_instance_id,
+        aggregate_type, aggregate_id, sequence, error, attempts, first_failed_at, last_failed_at, parked_at)
+    SELECT f.projection, f.instance_id, f.partition, e.position, e.instance_id, e.aggregate_type,
+           e.aggregate_id, e.sequence, f.error, f.attempts, f.first_failed_at, f.last_failed_at,
+           pg_catalog.clock_timestamp()
+      FROM eventstore.projection_failures f JOIN eventstore.events e ON e.position = f.position
+     WHERE f.projection = $1 AND f.instance_id IS NOT DISTINCT FROM $2 AND f.partition = $3
+    ON CONFLICT ON CONSTRAINT parked_events_key DO NOTHING;
+    DELETE FROM eventstore.projection_failures f
+     WHERE f.projection = $1 AND f.instance_id IS NOT DISTINCT FROM $2 AND f.partition = $3;
+END;
+
+-- Counts a failure of the event at position: one more attempt when the record is about it, a
+-- new count otherwise. Returns the attempts counted so far.
+CREATE FUNCTION eventstore_sql.record_failure(
+    projection text, instance_id text, partition integer, failing bigint, error text) RETURNS integer
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    INSERT INTO eventstore.projection_failures AS f (projection, instance_id, partition, position,
+        attempts, error, first_failed_at, last_failed_at)
+    VALUES ($1, $2, $3, $4, 1, $5, pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp())
+    ON CONFLICT ON CONSTRAINT projection_failures_key DO UPDATE
+    SET attempts = CASE WHEN f.position = excluded.position THEN f.attempts + 1 ELSE 1 END,
+        first_failed_at = CASE WHEN f.position = excluded.position THEN f.first_failed_at
+                               ELSE excluded.first_failed_at END,
+        position = excluded.position, error = excluded.error, last_failed_at = excluded.last_failed_at
+    RETURNING attempts;
+END;
+
+--
+-- The batch (src/catchup/mod.rs, hand_out). The catch-up function runs the batch statement
+-- itself (RETURN QUERY EXECUTE), so that the rows go straight from the query into its result,
+-- and then moves the checkpoint (advance). Statements are built from fixed fragments only (no
+-- caller's string is ever part of the SQL text), with the parameters $1 checkpoint, $2 upper
+-- bound, $3 batch size, $4 instance, $5 aggregate types, $6 event types, $7 partition count,
+-- $8 partition, $9 projection, $10 positions of parked events to retry.
+--
+
+-- What the catch-up function needs to run a partition's next batch: statement, NULL for nothing
+-- to hand out; last_position, the statement that finds the last position of a full batch again
+-- (NULL: the statement moves the checkpoint itself); and the parameters.
+CREATE TYPE eventstore_sql.batch AS (
+    statement     text,
+    last_position text,
+    checkpoint    bigint,
+    upto          bigint,
+    batch_limit   integer,
+    partitions    integer,
+    retried       bigint[]
+);
+
+-- The conditions on event e up to the position upper (an expression): past the checkpoint, in
+-- scope, of the event types, of the partition. The aggregate types only where asked (by_type):
+-- the batch applies them by index ranges.
+CREATE FUNCTION eventstore_sql.batch_conditions(
+    upper text, by_instance boolean, by_type boolean, by_event_type boolean, partitioned boolean)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN 'e.position > $1 AND e.position <= ' || upper
+    || CASE WHEN by_instance THEN ' AND e.instance_id = $4' ELSE '' END
+    || CASE WHEN by_event_type THEN ' AND e.event_type = ANY ($6)' ELSE '' END
+    || CASE WHEN by_type THEN ' AND e.aggregate_type = ANY ($5)' ELSE '' END
+    || CASE WHEN partitioned
+            THEN ' AND eventstore.partition_of(e.instance_id, e.aggregate_type, e.aggregate_id, $7) = $8'
+            ELSE '' END;
+
+-- Event e is held behind a parked event of its aggregate (hold_aggregate) when parked is '<';
+-- e is itself parked when it is '='. Served by the parked_events_aggregate index.
+CREATE FUNCTION eventstore_sql.parked_condition(parked text) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN 'EXISTS (SELECT FROM eventstore.parked_events p '
+    || 'WHERE p.projection = $9 AND p.event_instance_id = e.instance_id '
+    || 'AND p.aggregate_type = e.aggregate_type AND p.aggregate_id = e.aggregate_id '
+    || 'AND p.position ' || parked || ' e.position AND p.instance_id IS NOT DISTINCT FROM $4)';
+
+-- The events of a batch in position order, at most $3: one index range per aggregate type,
+-- merged by position, when the catch-up filters by aggregate type (served by the
+-- (instance_id, aggregate_type, position) and (aggregate_type, position) indexes). parked:
+-- parked events are left out (one may lie past the checkpoint: projection_failed parks a due
+-- failure whose park a failing batch rolled back); held: so are events held behind them.
+-- columns: 'events' (the events' columns), 'positions' (their positions only: an index-only
+-- scan) or 'partition_events' (the partition, then the event's columns: partition_catchup's rows).
+CREATE FUNCTION eventstore_sql.batch_events(
+    by_instance boolean, by_type boolean, by_event_type boolean, partitioned boolean,
+    parked boolean, held boolean, columns text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN CASE WHEN by_type
+            THEN 'SELECT ' || CASE columns WHEN 'positions' THEN 'x.position'
+                                           WHEN 'partition_events' THEN '$8, x.*'
+                                           ELSE 'x.*' END
+                 || ' FROM unnest($5::text[]) AS t(aggregate_type) CROSS JOIN LATERAL (SELECT '
+                 || CASE columns WHEN 'positions' THEN 'e.position' ELSE 'e.*' END
+                 || ' FROM eventstore.events e WHERE e.aggregate_type = t.aggregate_type AND '
+            ELSE 'SELECT ' || CASE columns WHEN 'positions' THEN 'e.position'
+                                           WHEN 'partition_events' THEN '$8, e.*'
+                                           ELSE 'e.*' END
+                 || ' FROM eventstore.events e WHERE ' END
+    || eventstore_sql.batch_conditions('$2', by_instance, held AND by_type, by_event_type, partitioned)
+    || CASE WHEN held THEN ' AND NOT ' || eventstore_sql.parked_condition('<') ELSE '' END
+    || CASE WHEN parked THEN ' AND NOT ' || eventstore_sql.parked_condition('=') ELSE '' END
+    || ' ORDER BY e.position LIMIT $3'
+    || CASE WHEN by_type THEN ') x ORDER BY x.position LIMIT $3' ELSE '' END;
+
+-- The events of `source` (an alias whose columns are an event's) as a batch statement returns
+-- them, in position order.
+CREATE FUNCTION eventstore_sql.batch_result(source text, columns text) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN 'SELECT '
+    || CASE columns WHEN 'partition_events' THEN '$8, ' ELSE '' END || source || '.*'
+    || ' FROM ' || source || ' ORDER BY ' || source || '.position';
+
+-- A batch of a projection with parked events, and the checkpoint it moves, in one statement:
+-- parked events may be discarded (discard_parked) meanwhile, without the partition lock, so
+-- the last position of a full batch is taken from the rows handed out, not found again; with
+-- held, the events held behind a parked event up to the new checkpoint are parked too (their
+-- held_behind: the first parked event of the aggregate), under the same snapshot.
+CREATE FUNCTION eventstore_sql.parked_batch_statement(
+    by_instance boolean, by_type boolean, by_event_type boolean, partitioned boolean,
+    held boolean, columns text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN 'WITH batch AS MATERIALIZED ('
+    || eventstore_sql.batch_events(by_instance, by_type, by_event_type, partitioned, true, held, 'events')
+    || '), advanced AS ('
+       'SELECT CASE WHEN count(*) = $3 THEN max(b.position) ELSE $2 END AS checkpoint FROM batch b)'
+    || CASE WHEN NOT held THEN '' ELSE
+       ', held AS (INSERT INTO eventstore.parked_events (projection, instance_id, partition, position, '
+       'event_instance_id, aggregate_type, aggregate_id, sequence, attempts, parked_at, held_behind) '
+       'SELECT $9, $4, $8, e.position, e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, 0, '
+       'clock_timestamp(), (SELECT min(p.position) FROM eventstore.parked_events p '
+       'WHERE p.projection = $9 AND p.instance_id IS NOT DISTINCT FROM $4 '
+       'AND p.event_instance_id = e.instance_id AND p.aggregate_type = e.aggregate_type '
+       'AND p.aggregate_id = e.aggregate_id) '
+       'FROM eventstore.events e, advanced a WHERE '
+       || eventstore_sql.batch_conditions('a.checkpoint', by_instance, by_type, by_event_type, partitioned)
+       || ' AND ' || eventstore_sql.parked_condition('<')
+       || ' ON CONFLICT ON CONSTRAINT parked_events_key DO NOTHING)' END
+    || ', moved AS (INSERT INTO eventstore.projection_states AS s '
+       '(projection, instance_id, partition, checkpoint, updated_at) '
+       'SELECT $9, $4, $8, a.checkpoint, clock_timestamp() FROM advanced a '
+       'ON CONFLICT ON CONSTRAINT projection_states_key '
+       'DO UPDATE SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at) '
+    || eventstore_sql.batch_result('batch', columns);
+
+-- Parked events handed out again: the events at positions $10, deleted from the parked events
+-- in the same statement (commit: done; roll back: they come again).
+CREATE FUNCTION eventstore_sql.retry_statement(columns text) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN 'WITH retried AS (DELETE FROM eventstore.parked_events r '
+       'WHERE r.projection = $9 AND r.instance_id IS NOT DISTINCT FROM $4 AND r.position = ANY ($10)), '
+       'e AS (SELECT * FROM eventstore.events WHERE position = ANY ($10)) '
+    || eventstore_sql.batch_result('e', columns);
+
+-- The next batch of partition part of a projection, whose lock the caller holds (G4-G7 per
+-- partition; hand_out in src/catchup/mod.rs), as the statements that hand it out and move the
+-- checkpoint in the caller's transaction; statement NULL for nothing (and nothing written).
+-- horizon: the caller's, found before or after the lock (a position at or below which every
+-- write has finished; the checkpoint and the batch are read after it, under READ COMMITTED).
+-- d: the definition, read with the lock held. columns: as batch_events. In order:
+-- 1. parked events marked for retry come first, at most a batch;
+-- 2. the partition's layout: an old partition stops at the resize position, a new one waits
+--    until every old one has passed it;
+-- 3. a recorded failure past the checkpoint (G13): the events before the failing one as usual,
+--    then the failing one alone, and after max_attempts, parked and passed (here, in the
+--    caller's transaction). Events before it in other partitions or filtered out are passed at
+--    once, so that zero rows still means nothing;
+-- 4. the batch: events up to the horizon (or the resize position) in position order, then the
+--    checkpoint moved (advance).
+-- The caller runs it: RETURN QUERY EXECUTE statement USING checkpoint, upto, batch_limit,
+-- instance, aggregate types, event types, partitions, part, projection, retried; then advance.
+CREATE FUNCTION eventstore_sql.next_batch(
+    p text, i text, part integer, horizon bigint, batch_size integer, agg_types text[],
+    ev_types text[], d eventstore.projections, columns text)
+RETURNS eventstore_sql.batch
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    batch eventstore_sql.batch;
+    recorded record;
+    layout record;
+    failure record;
+    parked boolean;
+BEGIN
+    SELECT * INTO recorded FROM eventstore_sql.recorded(p, i, part);
+    IF recorded.retries THEN
+        batch.retried := ARRAY(SELECT r.position FROM eventstore.parked_events r
+                                WHERE r.projection = p AND r.instance_id IS NOT DISTINCT FROM i
+                                  AND r.partition = part AND r.retry
+                                ORDER BY r.position LIMIT batch_size);
+        IF cardinality(batch.retried) > 0 THEN
+            batch.statement := eventstore_sql.retry_statement(columns);
+            RETURN batch;
+        END IF;
+    END IF;
+    batch.checkpoint := eventstore_sql.checkpoint(p, i, part);
+    SELECT * INTO layout FROM eventstore_sql.layout(d, part, batch.checkpoint);
+    IF layout.partitions IS NULL THEN
+        RETURN batch;
+    END IF;
+    batch.partitions := layout.partitions;
+    batch.upto := least(layout.until, horizon);
+    IF batch.upto <= batch.checkpoint THEN
+        RETURN batch;
+    END IF;
+    batch.batch_limit := batch_size;
+    parked := recorded.parked;
+    IF recorded.failed THEN
+        SELECT * INTO failure FROM eventstore_sql.failure(p, i, part, batch.checkpoint);
+        IF failure.position IS NULL THEN
+            NULL;   -- a failure at or below the checkpoint: passed already
+        ELSIF failure.position - 1 > batch.checkpoint
+              AND eventstore_sql.has_events(p, i, part, batch.checkpoint, failure.position - 1,
+                                            agg_types, ev_types, batch.partitions) THEN
+            batch.upto := least(batch.upto, failure.position - 1);
+        ELSIF failure.attempts >= d.max_attempts AND failure.position <= batch.upto THEN
+            PERFORM eventstore_sql.park(p, i, part);
+            parked := true;
+            batch.checkpoint := failure.position;
+            IF batch.upto <= batch.checkpoint THEN
+                PERFORM eventstore_sql.write_checkpoints(p, i, part, part + 1, batch.checkpoint);
+                RETURN batch;
+            END IF;
+        ELSE
+            batch.checkpoint := greatest(batch.checkpoint, failure.position - 1);
+            batch.upto := least(batch.upto, failure.position);
+            batch.batch_limit := 1;
+        END IF;
+    END IF;
+    IF parked THEN
+        batch.statement := eventstore_sql.parked_batch_statement(i IS NOT NULL, agg_types IS NOT NULL,
+            ev_types IS NOT NULL, batch.partitions > 1, d.hold_aggregate, columns);
+        RETURN batch;
+    END IF;
+    batch.statement := eventstore_sql.batch_events(i IS NOT NULL, agg_types IS NOT NULL,
+        ev_types IS NOT NULL, batch.partitions > 1, false, false, columns);
+    batch.last_position := 'SELECT max(z.position) FROM ('
+        || eventstore_sql.batch_events(i IS NOT NULL, agg_types IS NOT NULL, ev_types IS NOT NULL,
+               batch.partitions > 1, false, false, 'positions') || ') z';
+    RETURN batch;
+END
+$$;
+
+-- Moves the checkpoint of a batch that handed out `handed` events (G5), in the caller's
+-- transaction: to its last event when the batch is full (found again, from the index alone:
+-- the same rows, since every event at or below the upper bound was settled before the batch was
+-- read), else to the upper bound, past the events the filters and the partitioning skipped.
+-- Nothing for a batch whose statement moved the checkpoint itself.
+CREATE FUNCTION eventstore_sql.advance(
+    batch eventstore_sql.batch, handed bigint, p text, i text, part integer, agg_types text[],
+    ev_types text[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    advanced_to bigint := batch.upto;
+BEGIN
+    IF batch.last_position IS NULL THEN
+        RETURN;
+    END IF;
+    IF handed = batch.batch_limit THEN
+        EXECUTE batch.last_position INTO advanced_to
+          USING batch.checkpoint, batch.upto, batch.batch_limit, i, agg_types, ev_types,
+                batch.partitions, part, p;
+    END IF;
+    INSERT INTO eventstore.projection_states AS s (projection, instance_id, partition, checkpoint, updated_at)
+    VALUES (p, i, part, advanced_to, clock_timestamp())
+    ON CONFLICT ON CONSTRAINT projection_states_key
+    DO UPDATE SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at;
+END
+$$;
+
+-- Whether the partition has an event for the catch-up in (after, upto], parked ones included.
+CREATE FUNCTION eventstore_sql.has_events(
+    p text, i text, part integer, after bigint, upto bigint, agg_types text[], ev_types text[],
+    partitions integer)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found_one boolean;
+BEGIN
+    EXECUTE 'SELECT EXISTS (' || eventstore_sql.batch_events(i IS NOT NULL, agg_types IS NOT NULL,
+            ev_types IS NOT NULL, partitions > 1, false, false, 'positions') || ')'
+       INTO found_one
+      USING after, upto, 1, i, agg_types, ev_types, partitions, part, p;
+    RETURN found_one;
+END
+$$;
+
+-- projection_catchup (src/catchup/mod.rs), in the caller's transaction:
+-- 1. the projection lock (G6), partition 0's: busy and wait = false, zero rows at once (trap 10);
+-- 2. the horizon from the floors (G4): never waits;
+-- 3. the batch of partition 0 (next_batch), read under snapshots taken after both (READ
+--    COMMITTED), then its checkpoint advanced in the caller's transaction (advance, G5).
+-- A projection of more than one partition is refused (55000): partition_catchup runs it.
+-- Refused under REPEATABLE READ and SERIALIZABLE (0A000): SQL cannot read the batch under a
+-- snapshot newer than the transaction's, and an event committed after that snapshot below the
+-- horizon would be skipped. (The native catch-up reads with fresh snapshots there.)
+CREATE FUNCTION eventstore.projection_catchup(
+    projection      text,
+    instance_id     text    DEFAULT NULL,
+    batch_size      integer DEFAULT 1000,
+    aggregate_types text[]  DEFAULT NULL,
+    event_types     text[]  DEFAULT NULL,
+    wait            boolean DEFAULT false
+) RETURNS SETOF eventstore.events
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    r record := eventstore_sql.catchup_request('projection_catchup', projection, instance_id,
+                    batch_size, aggregate_types, event_types);
+    d eventstore.projections;
+    batch eventstore_sql.batch;
+    handed bigint;
+BEGIN
+    PERFORM eventstore_sql.refuse_unless_read_committed('catches up',
+        'events committed below the horizon, which the catch-up would then skip');
+    PERFORM eventstore_sql.refuse_while_writing();
+    IF NOT eventstore_sql.lock_projection(r.p, r.i, 0, coalesce(wait, false)) THEN
+        RETURN;
+    END IF;
+    d := eventstore_sql.definition(r.p, r.i);
+    IF d.partitions > 1 THEN
+        PERFORM eventstore_sql.refuse('55000',
+            format('projection "%s" has %s partitions', left(r.p, 80), d.partitions),
+            'projection_catchup hands out a whole projection; this one is split into partitions, '
+            'each with its own checkpoint and lock.',
+            'Use eventstore.partition_catchup, which hands out the next batch of a free partition.');
+    END IF;
+    batch := eventstore_sql.next_batch(r.p, r.i, 0, eventstore_sql.horizon(r.i), batch_size,
+        r.agg_types, r.ev_types, d, 'events');
+    IF batch.statement IS NOT NULL THEN
+        RETURN QUERY EXECUTE batch.statement
+         USING batch.checkpoint, batch.upto, batch.batch_limit, r.i, r.agg_types, r.ev_types,
+               batch.partitions, 0, r.p, batch.retried;
+        GET DIAGNOSTICS handed = ROW_COUNT;
+        PERFORM eventstore_sql.advance(batch, handed, r.p, r.i, 0, r.agg_types, r.ev_types);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION eventstore.projection_catchup(text, text, integer, text[], text[], boolean) IS
+    'Hands out the next batch of a projection in position order and advances its checkpoint '
+    'in the caller''s transaction: never skipped (G4), never duplicated (G5), never run twice '
+    'at once (G6), in order (G7). Busy and wait = false: zero rows at once. READ COMMITTED only '
+    '(SQL edition).';
+
+--
+-- Partitioned projections (src/catchup/partitions.rs, G12). Each partition is run like a whole
+-- projection (next_batch); workers spread over the partitions by trying their locks in turn from
+-- a rotating start, never waiting for a busy one unless asked to. A resize from M to N
+-- partitions takes effect at a position R (the last position drawn when set_partitions runs,
+-- with every partition's lock held, so no batch straddles it): an old partition hands out its
+-- events up to R, a partition of the new layout its events above R only once every old
+-- partition's committed checkpoint has reached R.
+--
+
+-- Where this call starts trying partitions: rotating per call (a session setting counts the
+-- calls), and different per backend, so that workers spread over the partitions without a
+-- coordinator.
+CREATE FUNCTION eventstore_sql.first_partition(slots integer) RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    calls bigint := coalesce(nullif(current_setting('eventstore.sql_partition_calls', true), '')::bigint, 0);
+BEGIN
+    PERFORM set_config('eventstore.sql_partition_calls', ((calls + 1) % 1000000)::text, false);
+    RETURN ((pg_backend_pid() + calls) % slots)::integer;
+END
+$$;
+
+-- Whether a partition may have something to hand out: parked events marked for retry, or a
+-- layout with positions up to the horizon past its checkpoint. Read without its lock, so that a
+-- partition with nothing is passed over without taking it: an advisory lock taken in a
+-- transaction cannot be given back before the transaction ends (the native catch-up takes the
+-- lock of a partition that has nothing and gives it back).
+CREATE FUNCTION eventstore_sql.may_have_work(p text, i text, part integer, horizon bigint, d eventstore.projections)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    checkpoint bigint;
+    layout record;
+BEGIN
+    IF EXISTS (SELECT FROM eventstore.parked_events r
+                WHERE r.projection = p AND r.instance_id IS NOT DISTINCT FROM i AND r.partition = part
+                  AND r.retry) THEN
+        RETURN true;
+    END IF;
+    checkpoint := eventstore_sql.checkpoint(p, i, part);
+    SELECT * INTO layout FROM eventstore_sql.layout(d, part, checkpoint);
+    RETURN layout.partitions IS NOT NULL AND least(layout.until, horizon) > checkpoint;
+END
+$$;
+
+-- Whether no other transaction holds the lock with this key.
+CREATE FUNCTION eventstore_sql.lock_is_free(key bigint) RETURNS boolean
+LANGUAGE sql STABLE
+RETURN NOT EXISTS (
+    SELECT FROM pg_catalog.pg_locks l
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+       AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                          WHERE d.datname = pg_catalog.current_database())
+       AND l.classid::bigint = (key >> 32) & 4294967295 AND l.objid::bigint = key & 4294967295
+       AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid());
+
+-- What a partitioned batch returns: its partition and the event's columns (partition_catchup's
+-- result; flat, so that no row is built twice).
+CREATE TYPE eventstore_sql.partition_event AS (
+    partition      integer,
+    instance_id    text,
+    aggregate_type text,
+    aggregate_id   text,
+    sequence       bigint,
+    event_type     text,
+    revision       smallint,
+    payload        jsonb,
+    creator        text,
+    owner          text,
+    created_at     timestamptz,
+    "position"     bigint,
+    in_tx_order    integer,
+    id             uuid,
+    metadata       jsonb
+);
+
+-- partition_catchup (G4-G7 per partition, G12): tries the partitions that may have something,
+-- in turn from a rotating start, taking each one's lock without waiting, and hands out the batch
+-- of the first free one that has one. A partition whose checkpoint moved past other partitions'
+-- (or filtered) events without a batch keeps its lock until the transaction ends, with the
+-- write. With wait, when every partition is busy, waits for the first one tried.
+CREATE FUNCTION eventstore_sql.partition_batch(
+    projection text, instance_id text, batch_size integer, aggregate_types text[],
+    event_types text[], wait boolean)
+RETURNS SETOF eventstore_sql.partition_event
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    r record := eventstore_sql.catchup_request('partition_catchup', projection, instance_id,
+                    batch_size, aggregate_types, event_types);
+    d eventstore.projections;
+    slots integer;
+    first integer;
+    horizon bigint;
+    part integer;
+    any_free boolean := false;
+    batch eventstore_sql.batch;
+    handed bigint;
+BEGIN
+    PERFORM eventstore_sql.refuse_unless_read_committed('catches up',
+        'events committed below the horizon, which the catch-up would then skip');
+    PERFORM eventstore_sql.refuse_while_writing();
+    d := eventstore_sql.definition(r.p, r.i);
+    slots := eventstore_sql.slots(d);
+    first := eventstore_sql.first_partition(slots);
+    horizon := eventstore_sql.horizon(r.i);
+    -- One try per partition from the rotating start; then, with wait and every partition busy,
+    -- one more: the first partition tried, waiting for its lock.
+    FOR n IN 0 .. slots LOOP
+        IF n < slots THEN
+            part := (first + n) % slots;
+            IF NOT eventstore_sql.may_have_work(r.p, r.i, part, horizon, d) THEN
+                -- As free as the native catch-up would have found it (it takes and gives back).
+                any_free := any_free OR coalesce(wait, false)
+                    AND eventstore_sql.lock_is_free(eventstore.projection_lock_key(r.p, r.i, part));
+                CONTINUE;
+            END IF;
+            IF NOT eventstore_sql.lock_projection(r.p, r.i, part, false) THEN
+                CONTINUE;
+            END IF;
+            any_free := true;
+        ELSIF coalesce(wait, false) AND NOT any_free THEN
+            part := first;
+            PERFORM eventstore_sql.lock_projection(r.p, r.i, part, true);
+        ELSE
+            RETURN;
+        END IF;
+        batch := eventstore_sql.next_batch(r.p, r.i, part, horizon, batch_size, r.agg_types,
+            r.ev_types, eventstore_sql.definition(r.p, r.i), 'partition_events');
+        IF batch.statement IS NOT NULL THEN
+            RETURN QUERY EXECUTE batch.statement
+             USING batch.checkpoint, batch.upto, batch.batch_limit, r.i, r.agg_types, r.ev_types,
+                   batch.partitions, part, r.p, batch.retried;
+            GET DIAGNOSTICS handed = ROW_COUNT;
+            PERFORM eventstore_sql.advance(batch, handed, r.p, r.i, part, r.agg_types, r.ev_types);
+            IF handed > 0 THEN
+                RETURN;
+            END IF;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- SQL, not PL/pgSQL: its result columns repeat its argument names (PL/pgSQL refuses that).
+CREATE FUNCTION eventstore.partition_catchup(
+    projection      text,
+    instance_id     text    DEFAULT NULL,
+    batch_size      integer DEFAULT 1000,
+    aggregate_types text[]  DEFAULT NULL,
+    event_types     text[]  DEFAULT NULL,
+    wait            boolean DEFAULT false
+) RETURNS TABLE (
+    partition      integer,
+    instance_id    text,
+    aggregate_type text,
+    aggregate_id   text,
+    sequence       bigint,
+    event_type     text,
+    revision       smallint,
+    payload        jsonb,
+    creator        text,
+    owner          text,
+    created_at     timestamptz,
+    "position"     bigint,
+    in_tx_order    integer,
+    id             uuid,
+    metadata       jsonb
+)
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM eventstore_sql.partition_batch($1, $2, $3, $4, $5, $6) $$;
+COMMENT ON FUNCTION eventstore.partition_catchup(text, text, integer, text[], text[], boolean) IS
+    'The next batch of the first free partition of a projection that has one (G4-G7 per '
+    'partition, G12), its checkpoint advanced in the caller''s transaction. Busy partitions are '
+    'passed over; zero rows: nothing for this worker now. READ COMMITTED only (SQL edition).';
+
+-- Takes the lock of every partition that may hand out events (waiting, in key order, trap 11)
+-- and returns the definition read after them; again when it grew meanwhile (a concurrent
+-- resize). What a resize, a reset and projection_failed's callers take so that no batch runs
+-- beside them.
+CREATE FUNCTION eventstore_sql.lock_every_partition(p text, i text) RETURNS eventstore.projections
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    locked integer := 0;
+    d eventstore.projections;
+BEGIN
+    LOOP
+        d := eventstore_sql.definition(p, i);
+        IF eventstore_sql.slots(d) <= locked THEN
+            RETURN d;
+        END IF;
+        PERFORM pg_advisory_xact_lock(k.key)
+           FROM (SELECT eventstore.projection_lock_key(p, i, part) AS key
+                   FROM generate_series(locked, eventstore_sql.slots(d) - 1) AS part
+                  ORDER BY 1 OFFSET 0) k;
+        locked := eventstore_sql.slots(d);
+    END LOOP;
+END
+$$;
+
+-- A partition count: 1..256.
+CREATE FUNCTION eventstore_sql.partition_count(partitions integer) RETURNS integer
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF partitions IS NULL THEN
+        PERFORM eventstore_sql.refuse('22004', 'partitions must not be NULL', 'partitions is NULL.',
+            'A projection that is not partitioned has 1 partition.');
+    END IF;
+    IF partitions NOT BETWEEN 1 AND 256 THEN
+        PERFORM eventstore_sql.refuse('22023', 'partitions is out of range',
+            format('partitions is %s; it must be between 1 and 256.', partitions));
+    END IF;
+    RETURN partitions;
+END
+$$;
+
+-- set_partitions (src/catchup/partitions.rs, G12): waits for every partition's running batch, then
+-- records the resize position R, the last position drawn, and the old count. For a projection
+-- that never handed anything out, R is 0 and every partition starts from the beginning. The
+-- checkpoint rows: rows beyond the old count (left by an earlier, drained shrink) go; every old
+-- partition has a row (0 when it never ran); a partition added by the resize starts at R.
+CREATE FUNCTION eventstore.set_partitions(projection text, instance_id text, partitions integer)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    p text := eventstore_sql.identifier('projection', projection);
+    i text := CASE WHEN instance_id IS NULL THEN NULL ELSE eventstore_sql.identifier('instance_id', instance_id) END;
+    n integer := eventstore_sql.partition_count(partitions);
+    current eventstore.projections;
+    has_run boolean;
+    resize_position bigint := 0;
+BEGIN
+    i := eventstore_sql.resolve(eventstore_sql.caller_tenant(), i, 'set_partitions');
+    PERFORM eventstore_sql.refuse_unless_read_committed('runs set_partitions',
+        'checkpoints committed while it waited for the partitions'' locks');
+    PERFORM eventstore_sql.refuse_while_writing();
+    current := eventstore_sql.lock_every_partition(p, i);
+    IF current.resize_from IS NOT NULL
+       AND NOT eventstore_sql.old_partitions_passed(p, i, current.resize_from, current.resize_position) THEN
+        PERFORM eventstore_sql.refuse('55000', format('projection "%s" is still resizing', left(p, 80)),
+            format('The resize from %s to %s partitions at position %s has not drained: an old '
+                   'partition has not reached that position yet.',
+                current.resize_from, current.partitions, current.resize_position),
+            'Run the projection''s workers until every old partition has passed the resize '
+            'position (projection_status), then resize again.');
+    END IF;
+    IF n = current.partitions THEN
+        RETURN current.resize_position;
+    END IF;
+    has_run := EXISTS (SELECT FROM eventstore.projection_states s
+                        WHERE s.projection = p AND s.instance_id IS NOT DISTINCT FROM i AND s.checkpoint > 0);
+    IF has_run THEN
+        resize_position := eventstore_sql.last_drawn();
+    END IF;
+    DELETE FROM eventstore.projection_states s
+     WHERE s.projection = p AND s.instance_id IS NOT DISTINCT FROM i
+       AND s.partition >= CASE WHEN has_run THEN current.partitions ELSE n END;
+    INSERT INTO eventstore.projection_states AS s (projection, instance_id, partition, checkpoint, updated_at)
+    SELECT p, i, part, CASE WHEN part < current.partitions OR NOT has_run THEN 0 ELSE resize_position END,
+           clock_timestamp()
+      FROM generate_series(0, CASE WHEN has_run THEN greatest(current.partitions, n) ELSE n END - 1) AS part
+    ON CONFLICT ON CONSTRAINT projection_states_key DO NOTHING;
+    INSERT INTO eventstore.projections AS d (projection, instance_id, partitions, resize_from, resize_position, updated_at)
+    VALUES (p, i, n, CASE WHEN has_run THEN current.partitions END, resize_position, clock_timestamp())
+    ON CONFLICT ON CONSTRAINT projections_key DO UPDATE
+    SET partitions = excluded.partitions, resize_from = excluded.resize_from,
+        resize_position = excluded.resize_position, updated_at = excluded.updated_at;
+    RETURN resize_position;
+END
+$$;
+COMMENT ON FUNCTION eventstore.set_partitions(text, text, integer) IS
+    'Sets a projection''s partition count (1..256), waiting for its running batches. Returns '
+    'the resize position: events above it go to the new partitions, which start once every '
+    'old partition has passed it (G12). Refused (55000) while an earlier resize still drains.';
+
+--
+-- Poison events: the functions (src/catchup/poison.rs, G13). A worker whose handler failed
+-- rolls back and, in a transaction of its own, calls projection_failed; the partition's next
+-- batches then stop before the failing event, hand it out alone, and once it has failed
+-- max_attempts times park it and go on. No subtransaction anywhere (G8).
+--
+
+-- set_poison_policy (G13): after max_attempts (1..100) recorded failures an event is parked;
+-- hold_aggregate: its aggregate's later events are parked behind it (true) or go on (false).
 CREATE FUNCTION eventstore.set_poison_policy(
     projection     text,
     instance_id    text,
@@ -1661,10 +2335,43 @@ CREATE FUNCTION eventstore.set_poison_policy(
 ) RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ BEGIN PERFORM eventstore_sql.not_in_sql_edition('set_poison_policy'); END $$;
+AS $$
+#variable_conflict use_variable
+DECLARE
+    p text := eventstore_sql.identifier('projection', projection);
+    i text := CASE WHEN instance_id IS NULL THEN NULL ELSE eventstore_sql.identifier('instance_id', instance_id) END;
+BEGIN
+    IF max_attempts IS NULL THEN
+        PERFORM eventstore_sql.refuse('22004', 'max_attempts must not be NULL', 'max_attempts is NULL.');
+    END IF;
+    IF max_attempts NOT BETWEEN 1 AND 100 THEN
+        PERFORM eventstore_sql.refuse('22023', 'max_attempts is out of range',
+            format('max_attempts is %s; it must be between 1 and 100.', max_attempts));
+    END IF;
+    IF hold_aggregate IS NULL THEN
+        PERFORM eventstore_sql.refuse('22004', 'hold_aggregate must not be NULL', 'hold_aggregate is NULL.');
+    END IF;
+    i := eventstore_sql.resolve(eventstore_sql.caller_tenant(), i, 'set_poison_policy');
+    INSERT INTO eventstore.projections AS d (projection, instance_id, max_attempts, hold_aggregate, updated_at)
+    VALUES (p, i, max_attempts, hold_aggregate, clock_timestamp())
+    ON CONFLICT ON CONSTRAINT projections_key DO UPDATE
+    SET max_attempts = excluded.max_attempts, hold_aggregate = excluded.hold_aggregate,
+        updated_at = excluded.updated_at;
+END
+$$;
 COMMENT ON FUNCTION eventstore.set_poison_policy(text, text, integer, boolean) IS
-    'Not in the SQL edition yet (0A000).';
+    'After max_attempts (1..100) recorded failures an event is parked; hold_aggregate: the same '
+    'aggregate''s later events are parked behind it (true) or go on (false).';
 
+-- projection_failed (G13): counts a handler failure, in the caller's transaction, which should
+-- be a new one after the failing batch rolled back (trap 16). The failing event is position when
+-- given (past the partition's checkpoint), else the partition's next event after its
+-- checkpoint; a retried parked event handed out again is parked again, with one more attempt.
+-- Waits for the partition's running batch. When an earlier failure of the partition is due to
+-- be parked, the batch that parked it went on and failed here, and its rollback undid the park:
+-- counting this failure would replace the record (one per partition) and the two would take
+-- turns forever, so the earlier one is parked here, for good; the checkpoint stays (events
+-- before it may not have been handed out) and catch-up passes over parked events.
 CREATE FUNCTION eventstore.projection_failed(
     projection  text,
     instance_id text,
@@ -1674,30 +2381,163 @@ CREATE FUNCTION eventstore.projection_failed(
 ) RETURNS integer
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ BEGIN PERFORM eventstore_sql.not_in_sql_edition('projection_failed'); RETURN NULL; END $$;
+AS $$
+#variable_conflict use_variable
+DECLARE
+    p text := eventstore_sql.identifier('projection', projection);
+    i text := CASE WHEN instance_id IS NULL THEN NULL ELSE eventstore_sql.identifier('instance_id', instance_id) END;
+    d eventstore.projections;
+    attempts integer;
+    checkpoint bigint;
+    partitions integer;
+    failing bigint;
+    due record;
+BEGIN
+    IF partition IS NULL THEN
+        PERFORM eventstore_sql.refuse('22004', 'partition must not be NULL', 'partition is NULL.',
+            'Pass the partition partition_catchup handed out (0 for projection_catchup).');
+    END IF;
+    IF error IS NULL THEN
+        PERFORM eventstore_sql.refuse('22004', 'error must not be NULL', 'error is NULL.',
+            'Pass the handler''s error message.');
+    END IF;
+    i := eventstore_sql.resolve(eventstore_sql.caller_tenant(), i, 'projection_failed');
+    PERFORM eventstore_sql.refuse_unless_read_committed('runs projection_failed',
+        'the checkpoint committed while it waited for the partition''s lock');
+    PERFORM eventstore_sql.refuse_while_writing();
+    d := eventstore_sql.definition(p, i);
+    IF partition NOT BETWEEN 0 AND eventstore_sql.slots(d) - 1 THEN
+        PERFORM eventstore_sql.refuse('22023', 'partition is out of range',
+            format('partition is %s; projection "%s" has partitions 0 to %s.', partition, left(p, 80),
+                eventstore_sql.slots(d) - 1));
+    END IF;
+    PERFORM eventstore_sql.lock_projection(p, i, partition, true);
+    UPDATE eventstore.parked_events r
+       SET attempts = r.attempts + 1, error = error, retry = false, last_failed_at = clock_timestamp(),
+           first_failed_at = coalesce(r.first_failed_at, clock_timestamp())
+     WHERE r.projection = p AND r.instance_id IS NOT DISTINCT FROM i AND r.partition = partition AND r.retry
+       AND r.position = coalesce(position,
+               (SELECT min(o.position) FROM eventstore.parked_events o
+                 WHERE o.projection = p AND o.instance_id IS NOT DISTINCT FROM i
+                   AND o.partition = partition AND o.retry))
+    RETURNING r.attempts INTO attempts;
+    IF FOUND THEN
+        RETURN attempts;
+    END IF;
+    checkpoint := eventstore_sql.checkpoint(p, i, partition);
+    IF position <= checkpoint THEN
+        PERFORM eventstore_sql.refuse('22023', 'position is not past the partition''s checkpoint',
+            format('position is %s; partition %s of projection "%s" has committed everything up to %s.',
+                position, partition, left(p, 80), checkpoint),
+            'Pass the position of an event of the batch that failed and was rolled back.');
+    END IF;
+    failing := position;
+    IF failing IS NULL THEN
+        partitions := coalesce((eventstore_sql.layout(d, partition, checkpoint)).partitions, d.partitions);
+        failing := (SELECT e.position FROM eventstore.events e
+                     WHERE e.position > checkpoint AND (i IS NULL OR e.instance_id = i)
+                       AND (partitions = 1
+                            OR eventstore.partition_of(e.instance_id, e.aggregate_type, e.aggregate_id,
+                                                       partitions) = partition)
+                     ORDER BY e.position LIMIT 1);
+    END IF;
+    IF failing IS NULL THEN
+        PERFORM eventstore_sql.refuse('55000', 'the partition has no event to blame',
+            format('Partition %s of projection "%s" has no event after its checkpoint %s.',
+                partition, left(p, 80), checkpoint),
+            'Call projection_failed after a batch that handed something out failed.');
+    END IF;
+    SELECT * INTO due FROM eventstore_sql.failure(p, i, partition, checkpoint);
+    IF due.position < failing AND due.attempts >= d.max_attempts THEN
+        PERFORM eventstore_sql.park(p, i, partition);
+    END IF;
+    RETURN eventstore_sql.record_failure(p, i, partition, failing, error);
+END
+$$;
 COMMENT ON FUNCTION eventstore.projection_failed(text, text, integer, text, bigint) IS
-    'Not in the SQL edition yet (0A000).';
+    'Records a handler failure for the partition''s next event (or the event at position), in '
+    'the caller''s transaction: call it after rolling the failing batch back (G13). Returns the '
+    'attempts counted so far.';
 
+-- The checked positions of retry_parked and discard_parked (NULL: every parked event).
+CREATE FUNCTION eventstore_sql.parked_positions(positions bigint[]) RETURNS bigint[]
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF array_position(positions, NULL) IS NOT NULL THEN
+        PERFORM eventstore_sql.refuse('22004', 'positions must not contain NULL',
+            'positions has an element that is NULL.',
+            'Pass NULL instead of the array for every parked event.');
+    END IF;
+    RETURN positions;
+END
+$$;
+
+-- retry_parked (G13) marks parked events (all when positions is NULL) to be handed out again,
+-- first, by their partition's next catch-up (the partition of the current count). Returns how
+-- many.
 CREATE FUNCTION eventstore.retry_parked(projection text, instance_id text, positions bigint[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ BEGIN PERFORM eventstore_sql.not_in_sql_edition('retry_parked'); RETURN NULL; END $$;
+AS $$
+#variable_conflict use_variable
+DECLARE
+    p text := eventstore_sql.identifier('projection', projection);
+    i text := CASE WHEN instance_id IS NULL THEN NULL ELSE eventstore_sql.identifier('instance_id', instance_id) END;
+    chosen bigint[] := eventstore_sql.parked_positions(positions);
+    partitions integer;
+    marked bigint;
+BEGIN
+    i := eventstore_sql.resolve(eventstore_sql.caller_tenant(), i, 'retry_parked');
+    partitions := (eventstore_sql.definition(p, i)).partitions;
+    UPDATE eventstore.parked_events r
+       SET retry = true,
+           partition = CASE WHEN partitions = 1 THEN 0
+                            ELSE eventstore.partition_of(r.event_instance_id, r.aggregate_type,
+                                                         r.aggregate_id, partitions) END
+     WHERE r.projection = p AND r.instance_id IS NOT DISTINCT FROM i
+       AND (chosen IS NULL OR r.position = ANY (chosen));
+    GET DIAGNOSTICS marked = ROW_COUNT;
+    RETURN marked;
+END
+$$;
 COMMENT ON FUNCTION eventstore.retry_parked(text, text, bigint[]) IS
-    'Not in the SQL edition yet (0A000).';
+    'Marks parked events (all when positions is NULL) to be handed out again, in position order, '
+    'by their partition''s next catch-up, before its new events. Returns how many.';
 
+-- discard_parked (G13) deletes parked events (all when positions is NULL). Returns how many.
 CREATE FUNCTION eventstore.discard_parked(projection text, instance_id text, positions bigint[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ BEGIN PERFORM eventstore_sql.not_in_sql_edition('discard_parked'); RETURN NULL; END $$;
+AS $$
+#variable_conflict use_variable
+DECLARE
+    p text := eventstore_sql.identifier('projection', projection);
+    i text := CASE WHEN instance_id IS NULL THEN NULL ELSE eventstore_sql.identifier('instance_id', instance_id) END;
+    chosen bigint[] := eventstore_sql.parked_positions(positions);
+    dropped bigint;
+BEGIN
+    i := eventstore_sql.resolve(eventstore_sql.caller_tenant(), i, 'discard_parked');
+    DELETE FROM eventstore.parked_events r
+     WHERE r.projection = p AND r.instance_id IS NOT DISTINCT FROM i
+       AND (chosen IS NULL OR r.position = ANY (chosen));
+    GET DIAGNOSTICS dropped = ROW_COUNT;
+    RETURN dropped;
+END
+$$;
 COMMENT ON FUNCTION eventstore.discard_parked(text, text, bigint[]) IS
-    'Not in the SQL edition yet (0A000).';
+    'Deletes parked events (all when positions is NULL): they are never handed out again. '
+    'Returns how many.';
 
--- Rebuilds (src/catchup/rebuild.rs): moves the projection's checkpoint to to_position (0: from
--- the beginning), waiting for a running batch (its lock), in the caller's transaction, so that
--- the events after it are handed out again. The SQL edition has no partitioned projections, so
--- partition is NULL or 0. Returns how many partitions were reset (1).
+-- Rebuilds (src/catchup/rebuild.rs; G5, G6 per partition): sets the checkpoint of one partition, or of every
+-- partition when partition is NULL, to to_position (0: from the beginning), waiting for running
+-- batches (every partition's lock), in the caller's transaction, so that the events after it are
+-- handed out again; forgets their recorded failures (parked events stay: discard_parked drops
+-- them). Resetting every partition ends a resize that is still draining. Returns how many
+-- partitions were reset.
 CREATE FUNCTION eventstore.reset_projection(
     projection  text,
     instance_id text    DEFAULT NULL,
@@ -1712,44 +2552,64 @@ DECLARE
     p text := eventstore_sql.identifier('projection', projection);
     i text := CASE WHEN instance_id IS NULL THEN NULL ELSE eventstore_sql.identifier('instance_id', instance_id) END;
     last bigint;
+    d eventstore.projections;
+    first integer := coalesce(partition, 0);
+    stop integer;
 BEGIN
     IF to_position IS NULL THEN
         PERFORM eventstore_sql.refuse('22004', 'to_position must not be NULL', 'to_position is NULL.',
             'Pass 0 to rebuild from the beginning.');
     END IF;
     i := eventstore_sql.resolve(eventstore_sql.caller_tenant(), i, 'reset_projection');
+    PERFORM eventstore_sql.refuse_unless_read_committed('runs reset_projection',
+        'checkpoints committed while it waited for the partitions'' locks');
     PERFORM eventstore_sql.refuse_while_writing();
     last := eventstore_sql.last_drawn();
     IF to_position NOT BETWEEN 0 AND last THEN
         PERFORM eventstore_sql.refuse('22023', 'to_position is out of range',
             format('to_position is %s; it must be between 0 and the last position drawn, %s.', to_position, last));
     END IF;
-    PERFORM eventstore_sql.lock_projection(p, i, 0, true);
+    d := eventstore_sql.lock_every_partition(p, i);
     IF NOT EXISTS (SELECT FROM eventstore.projection_states s
-                    WHERE s.projection = p AND (s.instance_id = i OR i IS NULL AND s.instance_id IS NULL))
-       AND NOT EXISTS (SELECT FROM eventstore.projections d
-                        WHERE d.projection = p AND (d.instance_id = i OR i IS NULL AND d.instance_id IS NULL)) THEN
+                    WHERE s.projection = p AND s.instance_id IS NOT DISTINCT FROM i)
+       AND NOT EXISTS (SELECT FROM eventstore.projections o
+                        WHERE o.projection = p AND o.instance_id IS NOT DISTINCT FROM i) THEN
         PERFORM eventstore_sql.refuse('22023', format('projection "%s" is unknown', left(p, 80)),
             format('Projection "%s" has no checkpoint and no definition%s.', left(p, 80),
                 CASE WHEN i IS NULL THEN '' ELSE format(' for instance "%s"', left(i, 80)) END),
             'A projection that never ran starts from the beginning anyway.');
     END IF;
-    IF partition IS NOT NULL AND partition <> 0 THEN
+    IF partition NOT BETWEEN 0 AND d.partitions - 1 THEN
         PERFORM eventstore_sql.refuse('22023', 'partition is out of range',
-            format('partition is %s; projection "%s" has partitions 0 to 0.', partition, left(p, 80)),
+            format('partition is %s; projection "%s" has partitions 0 to %s.', partition, left(p, 80),
+                d.partitions - 1),
             'Pass NULL for every partition.');
     END IF;
-    INSERT INTO eventstore.projection_states AS s (projection, instance_id, partition, checkpoint, updated_at)
-    VALUES (p, i, 0, to_position, clock_timestamp())
-    ON CONFLICT ON CONSTRAINT projection_states_key
-    DO UPDATE SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at;
-    RETURN 1;
+    IF partition IS NOT NULL AND d.resize_from IS NOT NULL
+       AND NOT eventstore_sql.old_partitions_passed(p, i, d.resize_from, d.resize_position) THEN
+        PERFORM eventstore_sql.refuse('55000', format('projection "%s" is still resizing', left(p, 80)),
+            format('Partition checkpoints follow two layouts until the resize at position %s drains.',
+                d.resize_position),
+            'Reset every partition (partition => NULL), or wait until the resize has drained.');
+    END IF;
+    stop := CASE WHEN partition IS NULL THEN d.partitions ELSE partition + 1 END;
+    PERFORM eventstore_sql.write_checkpoints(p, i, first, stop, to_position);
+    IF partition IS NULL THEN
+        DELETE FROM eventstore.projection_states s
+         WHERE s.projection = p AND s.instance_id IS NOT DISTINCT FROM i AND s.partition >= stop;
+        UPDATE eventstore.projections o SET resize_from = NULL, updated_at = clock_timestamp()
+         WHERE o.projection = p AND o.instance_id IS NOT DISTINCT FROM i;
+    END IF;
+    DELETE FROM eventstore.projection_failures f
+     WHERE f.projection = p AND f.instance_id IS NOT DISTINCT FROM i
+       AND f.partition >= first AND f.partition < stop;
+    RETURN stop - first;
 END
 $$;
 COMMENT ON FUNCTION eventstore.reset_projection(text, text, integer, bigint) IS
-    'Moves the projection''s checkpoint to to_position, waiting for a running batch, in the '
-    'caller''s transaction: the events after it are handed out again to rebuild the read model. '
-    'Returns how many partitions were reset.';
+    'Moves the checkpoint of one partition (or of all, when partition is NULL) to to_position, '
+    'waiting for running batches, in the caller''s transaction: the events after it are handed '
+    'out again to rebuild the read model. Returns how many partitions were reset.';
 
 -- security_invoker: a reader bound to a tenant sees its own tenant's lag only (the tables'
 -- row-level security applies to the caller, not to the view's owner).
@@ -1834,9 +2694,10 @@ BEGIN
     END IF;
     deadline := clock_timestamp() + make_interval(secs => timeout_ms / 1000.0);
     LOOP
-        -- Committed events past the checkpoint and no higher than a catch-up could hand out now.
+        -- Committed events past the checkpoint (the lowest of a partitioned projection's) and no
+        -- higher than a catch-up could hand out now.
         reachable := eventstore_sql.horizon(i);
-        checkpoint := eventstore_sql.checkpoint(p, i);
+        checkpoint := eventstore_sql.lowest_checkpoint(p, i);
         IF EXISTS (SELECT FROM eventstore.events e
                     WHERE e.instance_id = i AND e.position > checkpoint AND e.position <= reachable)
            OR i IS NULL AND EXISTS (SELECT FROM eventstore.events e
