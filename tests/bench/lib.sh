@@ -41,18 +41,25 @@ interleave() {
     echo "$(calc "$sum_a / $ROUNDS") $(calc "$sum_b / $ROUNDS")"
 }
 
-# fill_log DB COUNT: COUNT events straight into eventstore.events of DB (as load_events does),
-# vacuumed and analyzed (the self-contained cases' small logs).
-fill_log() {
+# insert_events DB FROM TO COUNT: events FROM..TO of a log of COUNT events, straight into
+# eventstore.events: 10 per aggregate (user-1 .. user-COUNT/10, tenant-<aggregate % 4>),
+# positions from eventstore.position_seq (so push continues above them).
+insert_events() {
     sql "$1" -c "SET synchronous_commit = off" -c "
         INSERT INTO eventstore.events (instance_id, aggregate_type, aggregate_id, sequence,
                event_type, revision, payload, creator, owner, created_at, position, in_tx_order)
         SELECT 'tenant-' || (a % 4), 'user', 'user-' || a, s, 'user.updated', 1,
                jsonb_build_object('name', 'bench user', 'email', 'user@example.com', 'n', g),
                'bench', 'tenant-' || (a % 4), now(), nextval('eventstore.position_seq'), 0
-          FROM generate_series(1, $2) g,
-               LATERAL (SELECT (g - 1) % ($2 / 10) + 1 AS a, (g - 1) / ($2 / 10) + 1 AS s) x" \
-        -c "VACUUM (ANALYZE) eventstore.events"
+          FROM generate_series($2, $3) g,
+               LATERAL (SELECT (g - 1) % ($4 / 10) + 1 AS a, (g - 1) / ($4 / 10) + 1 AS s) x"
+}
+
+# fill_log DB COUNT: a log of COUNT events in DB, vacuumed and analyzed (the self-contained
+# cases' small logs).
+fill_log() {
+    insert_events "$1" 1 "$2" "$2"
+    sql "$1" -c "VACUUM (ANALYZE) eventstore.events"
 }
 
 # percentile TAG P: the P-th percentile (0 < P <= 1) of $work/TAG.latencies.
@@ -122,23 +129,15 @@ start_cluster() {
     $keep || trap 'cluster_stop "$cluster"' EXIT
 }
 
-# load_events DB COUNT: COUNT events preloaded straight into eventstore.events, 10 per aggregate
-# (user-1 .. user-COUNT/10, tenant-<aggregate % 4>), positions from eventstore.position_seq
-# (so push continues above them), then vacuumed, analyzed and checkpointed.
+# load_events DB COUNT: a new database DB with the extension and a log of COUNT events
+# (insert_events, in chunks of a million), then vacuumed, analyzed and checkpointed.
 load_events() {
     local db=$1 count=$2 chunk=1000000 from
     say "loading $count events into $db"
     sql postgres -c "CREATE DATABASE $db"
     sql "$db" -c "CREATE EXTENSION eventstore"
     for ((from = 1; from <= count; from += chunk)); do
-        sql "$db" -c "SET synchronous_commit = off" -c "
-            INSERT INTO eventstore.events (instance_id, aggregate_type, aggregate_id, sequence,
-                   event_type, revision, payload, creator, owner, created_at, position, in_tx_order)
-            SELECT 'tenant-' || (a % 4), 'user', 'user-' || a, s, 'user.updated', 1,
-                   jsonb_build_object('name', 'bench user', 'email', 'user@example.com', 'n', g),
-                   'bench', 'tenant-' || (a % 4), now(), nextval('eventstore.position_seq'), 0
-              FROM generate_series($from, least($from + $chunk - 1, $count)) g,
-                   LATERAL (SELECT (g - 1) % ($count / 10) + 1 AS a, (g - 1) / ($count / 10) + 1 AS s) x"
+        insert_events "$db" "$from" $((from + chunk - 1 < count ? from + chunk - 1 : count)) "$count"
     done
     sql "$db" -c "VACUUM (ANALYZE) eventstore.events" -c "CHECKPOINT"
 }
