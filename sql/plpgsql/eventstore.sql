@@ -184,18 +184,19 @@ RETURN CASE WHEN pg_catalog.current_setting('role') = 'none' THEN SESSION_USER::
 -- The caller's binding (src/tenancy.rs): NULL when it sees every tenant; else the tenant it is
 -- bound to, '' when eventstore.tenant is not set. Bound: row-level security applies to it on
 -- eventstore.events (not a superuser, not BYPASSRLS, no privileges of the table's owner).
--- PL/pgSQL, so that its statement is planned once per session.
-CREATE FUNCTION eventstore_sql.binding() RETURNS text
-LANGUAGE plpgsql STABLE
-AS $$
-BEGIN
-    RETURN (SELECT CASE WHEN r.rolsuper OR r.rolbypassrls OR pg_has_role(r.oid, c.relowner, 'USAGE')
-                        THEN NULL
-                        ELSE coalesce(current_setting('eventstore.tenant', true), '') END
-              FROM pg_roles r, pg_class c
-             WHERE r.rolname = eventstore_sql.caller() AND c.oid = 'eventstore.events'::regclass);
-END
-$$;
+-- One row; a set-returning SQL function, so that the planner inlines it into the statement
+-- that reads it (SELECT b.tenant FROM eventstore_sql.binding() b), whose plan PL/pgSQL keeps:
+-- no function call, no planning per call. A caller role that is not found is bound.
+CREATE FUNCTION eventstore_sql.binding() RETURNS TABLE (tenant text)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT CASE WHEN r.rolsuper OR r.rolbypassrls OR pg_catalog.pg_has_role(r.oid, c.relowner, 'USAGE')
+                THEN NULL
+                ELSE coalesce(pg_catalog.current_setting('eventstore.tenant', true), '') END
+      FROM pg_catalog.pg_class c
+      LEFT JOIN pg_catalog.pg_roles r ON r.rolname = eventstore_sql.caller()
+     WHERE c.oid = 'eventstore.events'::regclass;
+END;
 
 -- The tenant the caller is bound to, NULL when it sees every tenant; a bound session without
 -- eventstore.tenant is refused (42501).
@@ -203,8 +204,9 @@ CREATE FUNCTION eventstore_sql.caller_tenant() RETURNS text
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
-    tenant text := eventstore_sql.binding();
+    tenant text;
 BEGIN
+    SELECT b.tenant INTO tenant FROM eventstore_sql.binding() b;
     IF tenant = '' THEN
         PERFORM eventstore_sql.refuse('42501', 'this session is not bound to a tenant',
             format('Role "%s" is subject to tenant isolation and eventstore.tenant is not set.',
@@ -270,10 +272,12 @@ CREATE FUNCTION eventstore_sql.counter_key(tenant text, scope text) RETURNS bigi
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN eventstore_sql.lock_key(17669, eventstore_sql.key_name(tenant) || eventstore_sql.key_name(scope));
 
--- The last position drawn by anyone, committed or not (0 before the first push).
+-- The last position drawn by anyone, committed or not (0 before the first push). A plain
+-- expression, so that it is inlined where it is called: a SELECT from the sequence would make
+-- it a function planned anew by every statement that calls it (about 40 µs a push).
 CREATE FUNCTION eventstore_sql.last_drawn() RETURNS bigint
 LANGUAGE sql VOLATILE
-RETURN (SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END FROM eventstore.position_seq s);
+RETURN coalesce(pg_catalog.pg_sequence_last_value('eventstore.position_seq'::regclass), 0);
 
 -- The value that marks state kept for the current transaction in a setting (set_config(...,
 -- true) is undone at the transaction's end, and at the rollback of the savepoint it was set in).
@@ -289,22 +293,19 @@ RETURN pg_catalog.current_setting('eventstore.sql_floor', true) IS NOT DISTINCT 
 -- The floor (src/horizon/floors.rs): once per transaction, with its writer keys held and before
 -- its first position is drawn, a writer reads the last drawn position L and holds L+1 shared
 -- until it ends. Nobody ever asks for a floor key exclusively, so this never waits.
+-- One statement (its target list is computed left to right, after the last drawn position is
+-- read), and no search_path of its own: it is called on every push's path, only from functions
+-- that pin theirs.
 CREATE FUNCTION eventstore_sql.take_floor() RETURNS void
 LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    floor bigint;
 BEGIN
-    IF eventstore_sql.writing() THEN
-        RETURN;
-    END IF;
-    floor := eventstore_sql.last_drawn() + 1;
-    PERFORM pg_advisory_xact_lock_shared(17671, floor::bit(32)::integer);
-    IF floor >= 4294967296 THEN
-        PERFORM pg_advisory_xact_lock_shared(17672, (floor >> 32)::bit(32)::integer);
-    END IF;
-    PERFORM set_config('eventstore.sql_floor', eventstore_sql.this_transaction(), true);
+    PERFORM pg_catalog.pg_advisory_xact_lock_shared(17671, last.floor::bit(32)::integer),
+            CASE WHEN last.floor >= 4294967296
+                 THEN pg_catalog.pg_advisory_xact_lock_shared(17672, (last.floor >> 32)::bit(32)::integer) END,
+            pg_catalog.set_config('eventstore.sql_floor', eventstore_sql.this_transaction(), true)
+       FROM (SELECT eventstore_sql.last_drawn() + 1 AS floor) AS last
+      WHERE NOT eventstore_sql.writing();
 END
 $$;
 
@@ -814,8 +815,10 @@ DECLARE
     marked text := current_setting('eventstore.sql_aggregate_locks', true);
 BEGIN
     SELECT array_agg(DISTINCT u.instance_id ORDER BY u.instance_id) INTO instances FROM unnest(commands) u;
-    SELECT array_agg(DISTINCT eventstore_sql.aggregate_key(u.instance_id, u.aggregate_type, u.aggregate_id))
-      INTO aggregates FROM unnest(commands) u;
+    -- One digest per aggregate, not per command.
+    SELECT array_agg(eventstore_sql.aggregate_key(a.instance_id, a.aggregate_type, a.aggregate_id))
+      INTO aggregates
+      FROM (SELECT DISTINCT u.instance_id, u.aggregate_type, u.aggregate_id FROM unnest(commands) u) a;
     IF current_setting('eventstore.sql_bulk', true) IS NOT DISTINCT FROM this_transaction
        OR cardinality(aggregates) > 64 THEN
         -- This transaction's own advisory locks (a bulk push is rare: pg_locks is read only then).
@@ -829,9 +832,10 @@ BEGIN
             RETURN;
         END IF;
         -- Aggregates of instances this transaction holds exclusively need no lock of their own.
-        SELECT array_agg(DISTINCT eventstore_sql.aggregate_key(u.instance_id, u.aggregate_type, u.aggregate_id))
-          INTO aggregates FROM unnest(commands) u
-         WHERE NOT eventstore_sql.writer_key(u.instance_id) = ANY (mine.exclusive);
+        SELECT array_agg(eventstore_sql.aggregate_key(a.instance_id, a.aggregate_type, a.aggregate_id))
+          INTO aggregates
+          FROM (SELECT DISTINCT u.instance_id, u.aggregate_type, u.aggregate_id FROM unnest(commands) u) a
+         WHERE NOT eventstore_sql.writer_key(a.instance_id) = ANY (mine.exclusive);
         aggregates := coalesce(aggregates, '{}');
         SELECT array_agg(DISTINCT eventstore_sql.writer_key(i)) INTO writers FROM unnest(instances) i;
         IF cardinality(aggregates) > 64 THEN
@@ -953,10 +957,50 @@ BEGIN
 END
 $$;
 
+-- ES409 for the first command whose aggregate is not at its expected_sequence (G2's optimistic
+-- check), if any. Call with the aggregates locked.
+CREATE FUNCTION eventstore_sql.check_expected_sequences(commands eventstore.command[]) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bad record;
+BEGIN
+    SELECT k.n, k.instance_id, k.aggregate_type, k.aggregate_id, k.expected_sequence,
+           k.sequence - 1 AS actual
+      INTO bad
+      FROM eventstore_sql.numbered(commands) k
+     WHERE k.expected_sequence <> k.sequence - 1
+     ORDER BY k.n LIMIT 1;
+    IF FOUND THEN
+        PERFORM eventstore_sql.refuse('ES409',
+            format('aggregate %s/%s/%s is not at the expected sequence',
+                bad.instance_id, bad.aggregate_type, bad.aggregate_id),
+            format('{"command": %s, "instance_id": %s, "aggregate_type": %s, "aggregate_id": %s, '
+                   '"expected_sequence": %s, "actual_sequence": %s}', bad.n,
+                to_json(bad.instance_id), to_json(bad.aggregate_type), to_json(bad.aggregate_id),
+                bad.expected_sequence, bad.actual),
+            'Reload the aggregate and retry the command.');
+    END IF;
+END
+$$;
+
+-- With eventstore.notify = on, after a push: the highest position this transaction wrote, for
+-- its one NOTIFY at commit (eventstore_sql.notify_at_commit); undone with a rolled-back savepoint.
+CREATE FUNCTION eventstore_sql.note_for_notify() RETURNS text
+LANGUAGE sql VOLATILE
+RETURN pg_catalog.set_config('eventstore.sql_highest_position',
+    greatest(nullif(pg_catalog.current_setting('eventstore.sql_highest_position', true), '')::bigint,
+             pg_catalog.currval('eventstore.position_seq'::regclass))::text, true);
+
 -- push: append a batch atomically (G1), with gapless aggregate sequences (G2) and positions
--- drawn under the locks (G3); src/push/mod.rs. Few statements on the common path (a push of at
--- most 64 aggregates whose commands are all valid): one to check the batch, one for the locks,
--- one for the floor, one to number, draw and insert.
+-- drawn under the locks (G3); src/push/mod.rs. PL/pgSQL pays an executor start-up for every
+-- statement it runs and compiles every expression anew in each transaction, so the common paths
+-- run few of either. A single command (a command handler's event): its checks in one
+-- expression, then one statement each for the binding, the locks, the floor and the insert,
+-- which numbers, checks expected_sequence, draws and writes. A batch of at most 64 aggregates
+-- whose commands are all valid: one statement to check it, one for the locks, one for the
+-- floor, one to number, draw and insert.
 --
 -- Under REPEATABLE READ and SERIALIZABLE the aggregate's sequence is read under the
 -- transaction's snapshot (SQL cannot take a fresh one): when another transaction committed to
@@ -969,25 +1013,79 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     size integer := cardinality(commands);
+    one eventstore.command := commands[1];
     tenant text;
     batch record;
     bad record;
-    this_transaction text;
-    marked text;
+    this_transaction text := eventstore_sql.this_transaction();
+    marked text := current_setting('eventstore.sql_aggregate_locks', true);
     taken integer;
-    default_creator text := eventstore_sql.caller();
     replayed eventstore.pushed[];
     written integer;
 BEGIN
-    IF commands IS NULL THEN
-        PERFORM eventstore_sql.refuse('22004', 'commands must not be NULL',
-            'push was called with a NULL array.', 'Pass an array of eventstore.command.');
-    END IF;
     IF size IS NULL OR size = 0 OR size > 10000 THEN
+        IF commands IS NULL THEN
+            PERFORM eventstore_sql.refuse('22004', 'commands must not be NULL',
+                'push was called with a NULL array.', 'Pass an array of eventstore.command.');
+        END IF;
         PERFORM eventstore_sql.check_batch_size(size);
     END IF;
+    SELECT b.tenant INTO tenant FROM eventstore_sql.binding() b;
+    taken := CASE WHEN split_part(marked, '#', 1) = this_transaction
+                  THEN split_part(marked, '#', 2)::integer ELSE 0 END;
+
+    -- The common case, one valid command without an id under READ COMMITTED, in as few
+    -- statements as PL/pgSQL allows (each costs an executor start-up): one for the locks, the
+    -- floor, one to number, check expected_sequence, draw and insert. Anything else, and every
+    -- refusal, takes the general way below.
+    IF size = 1 AND one.id IS NULL AND taken < 256
+       AND eventstore_sql.is_valid_command(one.revision, one.expected_sequence, one.payload,
+               one.metadata, one.instance_id, one.aggregate_type, one.aggregate_id,
+               one.event_type, one.creator, one.owner)
+       AND (tenant IS NULL OR tenant = one.instance_id)
+       AND current_setting('transaction_isolation') = 'read committed'
+       AND current_setting('eventstore.sql_bulk', true) IS DISTINCT FROM this_transaction THEN
+        -- The locks in their canonical order (trap 11): a statement's target list is computed
+        -- left to right.
+        PERFORM pg_advisory_xact_lock_shared(eventstore_sql.all_writers_key()),
+                pg_advisory_xact_lock_shared(eventstore_sql.writer_key(one.instance_id)),
+                pg_advisory_xact_lock(eventstore_sql.aggregate_key(one.instance_id,
+                    one.aggregate_type, one.aggregate_id)),
+                set_config('eventstore.sql_aggregate_locks', this_transaction || '#' || (taken + 1), true);
+        IF current_setting('eventstore.sql_floor', true) IS DISTINCT FROM this_transaction THEN
+            PERFORM eventstore_sql.take_floor();
+        END IF;
+        -- Numbered under a snapshot taken after the lock waits (trap 4); no row when the
+        -- aggregate is not at the expected sequence.
+        RETURN QUERY
+        INSERT INTO eventstore.events AS e (instance_id, aggregate_type, aggregate_id, sequence,
+               event_type, revision, payload, creator, owner, created_at, position, in_tx_order,
+               metadata)
+        SELECT one.instance_id, one.aggregate_type, one.aggregate_id, coalesce(l.sequence, 0) + 1,
+               one.event_type, coalesce(one.revision, 1::smallint),
+               eventstore_sql.json_object(one.payload), coalesce(one.creator, eventstore_sql.caller()),
+               coalesce(one.owner, l.owner, one.instance_id), now(),
+               nextval('eventstore.position_seq'::regclass), 0,
+               eventstore_sql.json_object(one.metadata)
+          FROM (SELECT) AS command
+          LEFT JOIN LATERAL (
+                SELECT s.sequence, s.owner FROM eventstore.events s
+                 WHERE s.instance_id = one.instance_id AND s.aggregate_type = one.aggregate_type
+                   AND s.aggregate_id = one.aggregate_id
+                 ORDER BY s.sequence DESC LIMIT 1) l ON true
+         WHERE one.expected_sequence IS NULL OR one.expected_sequence = coalesce(l.sequence, 0)
+        RETURNING e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.position,
+                  e.in_tx_order, e.created_at, e.owner, e.id;
+        IF NOT FOUND THEN
+            PERFORM eventstore_sql.check_expected_sequences(commands);
+        END IF;
+        IF current_setting('eventstore.notify', true) = 'on' THEN
+            PERFORM eventstore_sql.note_for_notify();
+        END IF;
+        RETURN;
+    END IF;
+
     -- The whole batch at once; the slow paths below only name the first refusal.
-    tenant := eventstore_sql.binding();
     SELECT bool_and(coalesce(eventstore_sql.is_valid_command(u.revision, u.expected_sequence,
                         u.payload, u.metadata, u.instance_id, u.aggregate_type, u.aggregate_id,
                         u.event_type, u.creator, u.owner), false)) AS valid,
@@ -1022,14 +1120,10 @@ BEGIN
 
     -- The locks (src/locks.rs), in one canonical order (trap 11): the all-writers key and the
     -- instances' writer keys shared, the aggregates' keys exclusively, each family in key order.
-    this_transaction := eventstore_sql.this_transaction();
     IF batch.aggregates > 64
        OR current_setting('eventstore.sql_bulk', true) IS NOT DISTINCT FROM this_transaction THEN
         PERFORM eventstore_sql.lock_for_push(commands);
     ELSE
-        marked := current_setting('eventstore.sql_aggregate_locks', true);
-        taken := CASE WHEN split_part(marked, '#', 1) = this_transaction
-                      THEN split_part(marked, '#', 2)::integer ELSE 0 END;
         IF taken + batch.aggregates > 256 THEN
             PERFORM eventstore_sql.lock_for_push(commands);
         ELSE
@@ -1037,11 +1131,14 @@ BEGIN
                 SELECT CASE WHEN k.exclusive THEN pg_advisory_xact_lock(k.key)
                             ELSE pg_advisory_xact_lock_shared(k.key) END
                   FROM (SELECT 0 AS family, eventstore_sql.all_writers_key() AS key, false AS exclusive
-                        UNION
-                        SELECT 1, eventstore_sql.writer_key(u.instance_id), false FROM unnest(commands) u
-                        UNION
-                        SELECT 2, eventstore_sql.aggregate_key(u.instance_id, u.aggregate_type, u.aggregate_id), true
-                          FROM unnest(commands) u
+                        UNION ALL
+                        SELECT 1, eventstore_sql.writer_key(i.instance_id), false
+                          FROM (SELECT DISTINCT u.instance_id FROM unnest(commands) u) i
+                        UNION ALL
+                        -- One digest per aggregate, not per command.
+                        SELECT 2, eventstore_sql.aggregate_key(a.instance_id, a.aggregate_type, a.aggregate_id), true
+                          FROM (SELECT DISTINCT u.instance_id, u.aggregate_type, u.aggregate_id
+                                  FROM unnest(commands) u) a
                         ORDER BY 1, 2 OFFSET 0) k)
             SELECT set_config('eventstore.sql_aggregate_locks',
                        this_transaction || '#' || (taken + batch.aggregates), true)
@@ -1061,22 +1158,7 @@ BEGIN
     END IF;
 
     IF batch.expects THEN
-        SELECT k.n, k.instance_id, k.aggregate_type, k.aggregate_id, k.expected_sequence,
-               k.sequence - 1 AS actual
-          INTO bad
-          FROM eventstore_sql.numbered(commands) k
-         WHERE k.expected_sequence <> k.sequence - 1
-         ORDER BY k.n LIMIT 1;
-        IF FOUND THEN
-            PERFORM eventstore_sql.refuse('ES409',
-                format('aggregate %s/%s/%s is not at the expected sequence',
-                    bad.instance_id, bad.aggregate_type, bad.aggregate_id),
-                format('{"command": %s, "instance_id": %s, "aggregate_type": %s, "aggregate_id": %s, '
-                       '"expected_sequence": %s, "actual_sequence": %s}', bad.n,
-                    to_json(bad.instance_id), to_json(bad.aggregate_type), to_json(bad.aggregate_id),
-                    bad.expected_sequence, bad.actual),
-                'Reload the aggregate and retry the command.');
-        END IF;
+        PERFORM eventstore_sql.check_expected_sequences(commands);
     END IF;
 
     -- The floor (src/horizon/floors.rs): once per transaction, with every lock of the batch held
@@ -1096,7 +1178,7 @@ BEGIN
                    event_type, revision, payload, creator, owner, created_at, position, in_tx_order,
                    id, metadata)
             SELECT k.instance_id, k.aggregate_type, k.aggregate_id, k.sequence, k.event_type,
-                   k.revision, k.payload, coalesce(k.creator, default_creator), k.owner, now(),
+                   k.revision, k.payload, coalesce(k.creator, eventstore_sql.caller()), k.owner, now(),
                    nextval('eventstore.position_seq'::regclass), (k.n - 1)::integer, k.id, k.metadata
               FROM (SELECT * FROM eventstore_sql.numbered(commands) ORDER BY n OFFSET 0) k
             RETURNING e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.position,
@@ -1109,7 +1191,7 @@ BEGIN
                    event_type, revision, payload, creator, owner, created_at, position, in_tx_order,
                    id, metadata)
             SELECT k.instance_id, k.aggregate_type, k.aggregate_id, k.sequence, k.event_type,
-                   k.revision, k.payload, coalesce(k.creator, default_creator), k.owner, now(),
+                   k.revision, k.payload, coalesce(k.creator, eventstore_sql.caller()), k.owner, now(),
                    nextval('eventstore.position_seq'::regclass), (k.n - 1)::integer, k.id, k.metadata
               FROM (SELECT * FROM eventstore_sql.numbered(commands) ORDER BY n OFFSET 0) k
             ON CONFLICT DO NOTHING
@@ -1135,12 +1217,8 @@ BEGIN
         END IF;
     END IF;
 
-    -- eventstore.notify = on: the highest position this transaction wrote, for its one NOTIFY
-    -- at commit (eventstore_sql.notify_at_commit); undone with a rolled-back savepoint.
     IF current_setting('eventstore.notify', true) = 'on' THEN
-        PERFORM set_config('eventstore.sql_highest_position',
-            greatest(nullif(current_setting('eventstore.sql_highest_position', true), '')::bigint,
-                     currval('eventstore.position_seq'::regclass))::text, true);
+        PERFORM eventstore_sql.note_for_notify();
     END IF;
 END
 $$;
