@@ -766,7 +766,9 @@ BEGIN ATOMIC
                eventstore_sql.json_object(u.payload) AS payload, u.creator, u.owner,
                u.expected_sequence, u.id, eventstore_sql.json_object(u.metadata) AS metadata
           FROM unnest(commands) WITH ORDINALITY AS u
-    ), stored AS (
+    ), stored AS MATERIALIZED (
+        -- MATERIALIZED: one look-up per aggregate. Inlined, the planner may join the look-up
+        -- to the commands instead, and read the index once per command.
         SELECT a.instance_id, a.aggregate_type, a.aggregate_id,
                coalesce(l.sequence, 0) AS last_sequence, l.owner AS last_owner
           FROM (SELECT DISTINCT c.instance_id, c.aggregate_type, c.aggregate_id FROM c) a
@@ -775,24 +777,21 @@ BEGIN ATOMIC
                  WHERE e.instance_id = a.instance_id AND e.aggregate_type = a.aggregate_type
                    AND e.aggregate_id = a.aggregate_id
                  ORDER BY e.sequence DESC LIMIT 1) l ON true
-    ), counted AS (
-        SELECT c.*, s.last_owner,
-               s.last_sequence + row_number() OVER agg_window AS sequence,
-               count(c.owner) OVER agg_window AS owner_group
-          FROM c JOIN stored s
-            ON s.instance_id = c.instance_id AND s.aggregate_type = c.aggregate_type
-           AND s.aggregate_id = c.aggregate_id
-        WINDOW agg_window AS (PARTITION BY c.instance_id, c.aggregate_type, c.aggregate_id ORDER BY c.n)
     )
-    SELECT k.n, k.instance_id, k.aggregate_type, k.aggregate_id, k.event_type, k.revision,
-           k.payload, k.creator,
-           coalesce(first_value(k.owner) OVER (
-                        PARTITION BY k.instance_id, k.aggregate_type, k.aggregate_id, k.owner_group
-                        ORDER BY k.n),
-                    k.last_owner, k.instance_id),
-           k.expected_sequence, k.id, k.metadata, k.sequence
-      FROM counted k
-     ORDER BY k.n;
+    -- One window, one sort: the aggregate's next sequences, and the owner of the aggregate's
+    -- latest command up to this one that names an owner (the greatest of the zero-padded
+    -- command numbers with that owner appended; n is at most 10000).
+    SELECT c.n, c.instance_id, c.aggregate_type, c.aggregate_id, c.event_type, c.revision,
+           c.payload, c.creator,
+           coalesce(substr(max(CASE WHEN c.owner IS NOT NULL THEN lpad(c.n::text, 5, '0') || c.owner END
+                                   COLLATE "C") OVER agg_window, 6),
+                    s.last_owner, c.instance_id),
+           c.expected_sequence, c.id, c.metadata, s.last_sequence + row_number() OVER agg_window
+      FROM c JOIN stored s
+        ON s.instance_id = c.instance_id AND s.aggregate_type = c.aggregate_type
+       AND s.aggregate_id = c.aggregate_id
+    WINDOW agg_window AS (PARTITION BY c.instance_id, c.aggregate_type, c.aggregate_id ORDER BY c.n)
+     ORDER BY c.n;
 END;
 
 -- The locks of a push, before any position is drawn (G2, G3), in one canonical order (trap 11):
@@ -1172,18 +1171,17 @@ BEGIN
     -- concurrent push stored meanwhile is skipped and refused below; under REPEATABLE READ a
     -- row committed after the snapshot makes ON CONFLICT fail with 40001.
     IF NOT batch.carries_ids AND current_setting('transaction_isolation') = 'read committed' THEN
+        -- RETURNING gives the rows in the order they are inserted: command order.
         RETURN QUERY
-        WITH inserted AS (
-            INSERT INTO eventstore.events AS e (instance_id, aggregate_type, aggregate_id, sequence,
-                   event_type, revision, payload, creator, owner, created_at, position, in_tx_order,
-                   id, metadata)
-            SELECT k.instance_id, k.aggregate_type, k.aggregate_id, k.sequence, k.event_type,
-                   k.revision, k.payload, coalesce(k.creator, eventstore_sql.caller()), k.owner, now(),
-                   nextval('eventstore.position_seq'::regclass), (k.n - 1)::integer, k.id, k.metadata
-              FROM (SELECT * FROM eventstore_sql.numbered(commands) ORDER BY n OFFSET 0) k
-            RETURNING e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.position,
-                      e.in_tx_order, e.created_at, e.owner, e.id)
-        SELECT * FROM inserted w ORDER BY w.in_tx_order;
+        INSERT INTO eventstore.events AS e (instance_id, aggregate_type, aggregate_id, sequence,
+               event_type, revision, payload, creator, owner, created_at, position, in_tx_order,
+               id, metadata)
+        SELECT k.instance_id, k.aggregate_type, k.aggregate_id, k.sequence, k.event_type,
+               k.revision, k.payload, coalesce(k.creator, eventstore_sql.caller()), k.owner, now(),
+               nextval('eventstore.position_seq'::regclass), (k.n - 1)::integer, k.id, k.metadata
+          FROM (SELECT * FROM eventstore_sql.numbered(commands) ORDER BY n OFFSET 0) k
+        RETURNING e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.position,
+                  e.in_tx_order, e.created_at, e.owner, e.id;
     ELSE
         RETURN QUERY
         WITH inserted AS (
