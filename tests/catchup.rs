@@ -222,3 +222,59 @@ fn repeatable_read_catchup_is_refused_when_another_worker_moved_on_after_its_sna
     let error = tx.query("SELECT position FROM eventstore.projection_catchup('rr-stale', $1)", &[&t]).unwrap_err();
     assert_eq!(db_error(&error).0, "40001", "refused, not a stale batch");
 }
+
+/// Past position 2^32 a floor is two lock keys, the low and the high 32 bits of the writer's
+/// first position, which a catch-up reads back as one position (src/horizon/floors.rs; the SQL
+/// edition's push takes them in its lock statement). In a database of its own, so that its
+/// positions can start just below 2^32 + 3: an event committed there (2^32 + 3), then a writer
+/// held open (its floor and first position 2^32 + 4), then an event committed above it
+/// (2^32 + 5). A catch-up hands out exactly the first: the whole floor, high half included,
+/// holds back the last one (a floor read without its high half, 4, would hold back the first
+/// too; one read too high would let the last one through). Once the writer commits, the other
+/// two follow in order. Floors and the registry answer at once; the barrier waits for the
+/// writer instead and keeps no floor, so this test has nothing to show there.
+#[test]
+fn a_writer_in_flight_past_position_2_to_the_32_holds_back_exactly_its_own_positions() {
+    let mut admin = connect();
+    let mode: String = admin.query_one("SELECT eventstore.horizon_mode()", &[]).unwrap().get(0);
+    if mode == "barrier" {
+        eprintln!("skipped: the barrier keeps no floors");
+        return;
+    }
+    let database = tenant("floors_high").replace('-', "_");
+    admin.batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
+    let url = common::url().replace("dbname=eventstore", &format!("dbname={database}"));
+    let open = || Client::connect(&url, postgres::NoTls).unwrap();
+    let mut setup = open();
+    if mode == "sql" {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/plpgsql/eventstore.sql");
+        setup.batch_execute(&std::fs::read_to_string(script).unwrap()).unwrap();
+    } else {
+        setup.batch_execute("CREATE EXTENSION eventstore").unwrap();
+    }
+    setup.batch_execute("SELECT setval('eventstore.position_seq', 4294967298)").unwrap();
+    let t = tenant("high");
+    let (_, below) = push_one(&mut setup, &t, "a", "committed-before");
+    let mut slow = open();
+    let slow_pid = pid(&mut slow);
+    let mut slow_tx = slow.transaction().unwrap();
+    let (_, held) = push_one(&mut slow_tx, &t, "b", "in-flight");
+    let (_, above) = push_one(&mut setup, &t, "c", "committed-after");
+    assert_eq!((below, held, above), (4294967299, 4294967300, 4294967301));
+    if mode == "sql" {
+        // The edition's floor keys (tests/regress/sql-edition/sql/locks.sql).
+        let floors: Vec<(i64, i64)> = setup.query(
+            "SELECT classid::bigint, objid::bigint FROM pg_locks
+              WHERE locktype = 'advisory' AND objsubid = 2 AND pid = $1 ORDER BY 1",
+            &[&slow_pid]).unwrap()
+            .iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(floors, vec![(17671, 4), (17672, 1)], "the floor 2^32 + 4 as two keys");
+    }
+
+    let mut worker = open();
+    assert_eq!(catch_up(&mut worker, "high", Some(&t), true), vec![below]);
+    slow_tx.commit().unwrap();
+    assert_eq!(catch_up(&mut worker, "high", Some(&t), true), vec![held, above]);
+    drop((setup, slow, worker));
+    admin.batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)")).unwrap();
+}
