@@ -293,18 +293,20 @@ RETURN pg_catalog.current_setting('eventstore.sql_floor', true) IS NOT DISTINCT 
 -- The floor (src/horizon/floors.rs): once per transaction, with its writer keys held and before
 -- its first position is drawn, a writer reads the last drawn position L and holds L+1 shared
 -- until it ends. Nobody ever asks for a floor key exclusively, so this never waits.
--- One statement (its target list is computed left to right, after the last drawn position is
--- read), and no search_path of its own: it is called on every push's path, only from functions
--- that pin theirs.
+-- One statement (its target list is computed left to right), and no search_path of its own:
+-- it is called on push's general way and by lock_writer, only from functions that pin theirs.
 CREATE FUNCTION eventstore_sql.take_floor() RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
-    PERFORM pg_catalog.pg_advisory_xact_lock_shared(17671, last.floor::bit(32)::integer),
-            CASE WHEN last.floor >= 4294967296
-                 THEN pg_catalog.pg_advisory_xact_lock_shared(17672, (last.floor >> 32)::bit(32)::integer) END,
+    -- The high key (past 2^32) from a read before the low key's: a position drawn between the
+    -- two reads can only lower the floor they make together (push's single-command way takes
+    -- the floor in the same two reads, in its lock statement).
+    PERFORM pg_catalog.pg_advisory_xact_lock_shared(17672,
+                nullif((eventstore_sql.last_drawn() + 1) >> 32, 0)::bit(32)::integer),
+            pg_catalog.pg_advisory_xact_lock_shared(17671,
+                (eventstore_sql.last_drawn() + 1)::bit(32)::integer),
             pg_catalog.set_config('eventstore.sql_floor', eventstore_sql.this_transaction(), true)
-       FROM (SELECT eventstore_sql.last_drawn() + 1 AS floor) AS last
       WHERE NOT eventstore_sql.writing();
 END
 $$;
@@ -985,18 +987,28 @@ END
 $$;
 
 -- With eventstore.notify = on, after a push: the highest position this transaction wrote, for
--- its one NOTIFY at commit (eventstore_sql.notify_at_commit); undone with a rolled-back savepoint.
-CREATE FUNCTION eventstore_sql.note_for_notify() RETURNS text
-LANGUAGE sql VOLATILE
-RETURN pg_catalog.set_config('eventstore.sql_highest_position',
-    greatest(nullif(pg_catalog.current_setting('eventstore.sql_highest_position', true), '')::bigint,
-             pg_catalog.currval('eventstore.position_seq'::regclass))::text, true);
+-- its one NOTIFY at commit; the first push of the transaction (or the first after a rolled-back
+-- savepoint undid the note) also queues that NOTIFY: a row in eventstore_sql.notifying, whose
+-- deferred trigger sends it at commit (eventstore_sql.notify_at_commit).
+CREATE FUNCTION eventstore_sql.note_for_notify() RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    IF pg_catalog.current_setting('eventstore.sql_highest_position', true) IS NULL
+       OR pg_catalog.current_setting('eventstore.sql_highest_position', true) = '' THEN
+        INSERT INTO eventstore_sql.notifying (xact) VALUES (pg_catalog.pg_current_xact_id());
+    END IF;
+    PERFORM pg_catalog.set_config('eventstore.sql_highest_position',
+        greatest(nullif(pg_catalog.current_setting('eventstore.sql_highest_position', true), '')::bigint,
+            pg_catalog.currval('eventstore.position_seq'::regclass))::text, true);
+END
+$$;
 
 -- push: append a batch atomically (G1), with gapless aggregate sequences (G2) and positions
 -- drawn under the locks (G3); src/push/mod.rs. PL/pgSQL pays an executor start-up for every
 -- statement it runs and compiles every expression anew in each transaction, so the common paths
 -- run few of either. A single command (a command handler's event): its checks in one
--- expression, then one statement each for the binding, the locks, the floor and the insert,
+-- expression, then one statement for the binding, the locks and the floor, and one insert,
 -- which numbers, checks expected_sequence, draws and writes. A batch of at most 64 aggregates
 -- whose commands are all valid: one statement to check it, one for the locks, one for the
 -- floor, one to number, draw and insert.
@@ -1029,60 +1041,71 @@ BEGIN
         END IF;
         PERFORM eventstore_sql.check_batch_size(size);
     END IF;
-    SELECT b.tenant INTO tenant FROM eventstore_sql.binding() b;
     taken := CASE WHEN split_part(marked, '#', 1) = this_transaction
                   THEN split_part(marked, '#', 2)::integer ELSE 0 END;
 
     -- The common case, one valid command without an id under READ COMMITTED, in as few
-    -- statements as PL/pgSQL allows (each costs an executor start-up): one for the locks, the
-    -- floor, one to number, check expected_sequence, draw and insert. Anything else, and every
-    -- refusal, takes the general way below.
+    -- statements as PL/pgSQL allows (each costs an executor start-up): one for the binding, the
+    -- locks and the floor, one to number, check expected_sequence, draw and insert. Anything
+    -- else, and every refusal, takes the general way below.
     IF size = 1 AND one.id IS NULL AND taken < 256
        AND eventstore_sql.is_valid_command(one.revision, one.expected_sequence, one.payload,
                one.metadata, one.instance_id, one.aggregate_type, one.aggregate_id,
                one.event_type, one.creator, one.owner)
-       AND (tenant IS NULL OR tenant = one.instance_id)
        AND current_setting('transaction_isolation') = 'read committed'
        AND current_setting('eventstore.sql_bulk', true) IS DISTINCT FROM this_transaction THEN
-        -- The locks in their canonical order (trap 11): a statement's target list is computed
-        -- left to right.
+        -- The statement reads its FROM first: no row, and no lock, for a caller bound to
+        -- another tenant (the general way refuses it). Then its target list, left to right:
+        -- the locks in their canonical order (trap 11), then the floor, once per transaction
+        -- (take_floor), its high key read before its low key, so that a position drawn between
+        -- the two reads can only lower the floor they make together, never raise it.
         PERFORM pg_advisory_xact_lock_shared(eventstore_sql.all_writers_key()),
                 pg_advisory_xact_lock_shared(eventstore_sql.writer_key(one.instance_id)),
                 pg_advisory_xact_lock(eventstore_sql.aggregate_key(one.instance_id,
                     one.aggregate_type, one.aggregate_id)),
-                set_config('eventstore.sql_aggregate_locks', this_transaction || '#' || (taken + 1), true);
-        IF current_setting('eventstore.sql_floor', true) IS DISTINCT FROM this_transaction THEN
-            PERFORM eventstore_sql.take_floor();
+                set_config('eventstore.sql_aggregate_locks', this_transaction || '#' || (taken + 1), true),
+                CASE WHEN current_setting('eventstore.sql_floor', true) IS DISTINCT FROM this_transaction
+                     THEN pg_advisory_xact_lock_shared(17672,
+                              nullif((eventstore_sql.last_drawn() + 1) >> 32, 0)::bit(32)::integer) END,
+                CASE WHEN current_setting('eventstore.sql_floor', true) IS DISTINCT FROM this_transaction
+                     THEN pg_advisory_xact_lock_shared(17671,
+                              (eventstore_sql.last_drawn() + 1)::bit(32)::integer) END,
+                set_config('eventstore.sql_floor', this_transaction, true)
+           FROM eventstore_sql.binding() b
+          WHERE b.tenant IS NULL OR b.tenant = one.instance_id;
+        IF FOUND THEN
+            -- Numbered under a snapshot taken after the lock waits (trap 4); no row when the
+            -- aggregate is not at the expected sequence.
+            RETURN QUERY
+            INSERT INTO eventstore.events AS e (instance_id, aggregate_type, aggregate_id,
+                   sequence, event_type, revision, payload, creator, owner, created_at, position,
+                   in_tx_order, metadata)
+            SELECT one.instance_id, one.aggregate_type, one.aggregate_id,
+                   coalesce(l.sequence, 0) + 1, one.event_type, coalesce(one.revision, 1::smallint),
+                   eventstore_sql.json_object(one.payload),
+                   coalesce(one.creator, eventstore_sql.caller()),
+                   coalesce(one.owner, l.owner, one.instance_id), now(),
+                   nextval('eventstore.position_seq'::regclass), 0,
+                   eventstore_sql.json_object(one.metadata)
+              FROM (SELECT) AS command
+              LEFT JOIN LATERAL (
+                    SELECT s.sequence, s.owner FROM eventstore.events s
+                     WHERE s.instance_id = one.instance_id AND s.aggregate_type = one.aggregate_type
+                       AND s.aggregate_id = one.aggregate_id
+                     ORDER BY s.sequence DESC LIMIT 1) l ON true
+             WHERE one.expected_sequence IS NULL OR one.expected_sequence = coalesce(l.sequence, 0)
+            RETURNING e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.position,
+                      e.in_tx_order, e.created_at, e.owner, e.id;
+            IF NOT FOUND THEN
+                PERFORM eventstore_sql.check_expected_sequences(commands);
+            END IF;
+            IF current_setting('eventstore.notify', true) = 'on' THEN
+                PERFORM eventstore_sql.note_for_notify();
+            END IF;
+            RETURN;
         END IF;
-        -- Numbered under a snapshot taken after the lock waits (trap 4); no row when the
-        -- aggregate is not at the expected sequence.
-        RETURN QUERY
-        INSERT INTO eventstore.events AS e (instance_id, aggregate_type, aggregate_id, sequence,
-               event_type, revision, payload, creator, owner, created_at, position, in_tx_order,
-               metadata)
-        SELECT one.instance_id, one.aggregate_type, one.aggregate_id, coalesce(l.sequence, 0) + 1,
-               one.event_type, coalesce(one.revision, 1::smallint),
-               eventstore_sql.json_object(one.payload), coalesce(one.creator, eventstore_sql.caller()),
-               coalesce(one.owner, l.owner, one.instance_id), now(),
-               nextval('eventstore.position_seq'::regclass), 0,
-               eventstore_sql.json_object(one.metadata)
-          FROM (SELECT) AS command
-          LEFT JOIN LATERAL (
-                SELECT s.sequence, s.owner FROM eventstore.events s
-                 WHERE s.instance_id = one.instance_id AND s.aggregate_type = one.aggregate_type
-                   AND s.aggregate_id = one.aggregate_id
-                 ORDER BY s.sequence DESC LIMIT 1) l ON true
-         WHERE one.expected_sequence IS NULL OR one.expected_sequence = coalesce(l.sequence, 0)
-        RETURNING e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.position,
-                  e.in_tx_order, e.created_at, e.owner, e.id;
-        IF NOT FOUND THEN
-            PERFORM eventstore_sql.check_expected_sequences(commands);
-        END IF;
-        IF current_setting('eventstore.notify', true) = 'on' THEN
-            PERFORM eventstore_sql.note_for_notify();
-        END IF;
-        RETURN;
     END IF;
+    SELECT b.tenant INTO tenant FROM eventstore_sql.binding() b;
 
     -- The whole batch at once; the slow paths below only name the first refusal.
     SELECT bool_and(coalesce(eventstore_sql.is_valid_command(u.revision, u.expected_sequence,
@@ -1243,22 +1266,27 @@ COMMENT ON FUNCTION eventstore.push(jsonb) IS
 
 -- NOTIFY (src/wakeup.rs): with eventstore.notify = on, a transaction that pushed sends one
 -- notification on channel eventstore_events when it commits: {"position": <highest position
--- written>}, no tenant name. A deferred trigger fires at commit for each event the transaction
--- inserted while the setting was on; every firing sends the same payload, which PostgreSQL
--- delivers once. A rolled-back transaction (or savepoint) sends nothing for what it undid.
+-- written>}, no tenant name. Its first push queues a row here (note_for_notify), whose deferred
+-- trigger sends the notification at commit and deletes the row. A rolled-back transaction (or
+-- savepoint) sends nothing for what it undid: the row goes with it. The table has no trigger on
+-- eventstore.events, so that pushes with notify off pay nothing for it; unlogged, as it only
+-- ever holds the rows of transactions in flight.
+CREATE UNLOGGED TABLE eventstore_sql.notifying (xact xid8 NOT NULL);
+REVOKE ALL ON eventstore_sql.notifying FROM PUBLIC;
+
 CREATE FUNCTION eventstore_sql.notify_at_commit() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM pg_notify('eventstore_events', json_build_object('position',
         nullif(current_setting('eventstore.sql_highest_position', true), '')::bigint)::text);
+    DELETE FROM eventstore_sql.notifying n WHERE n.xact = NEW.xact;
     RETURN NULL;
 END
 $$;
-CREATE CONSTRAINT TRIGGER notify_at_commit AFTER INSERT ON eventstore.events
+CREATE CONSTRAINT TRIGGER notify_at_commit AFTER INSERT ON eventstore_sql.notifying
 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-WHEN (pg_catalog.current_setting('eventstore.notify', true) = 'on')
 EXECUTE FUNCTION eventstore_sql.notify_at_commit();
 
 -- An untyped literal or parameter ('[...]') would match both forms above; this one takes it.
