@@ -1007,9 +1007,9 @@ $$;
 -- push: append a batch atomically (G1), with gapless aggregate sequences (G2) and positions
 -- drawn under the locks (G3); src/push/mod.rs. PL/pgSQL pays an executor start-up for every
 -- statement it runs and compiles every expression anew in each transaction, so the common paths
--- run few of either. A single command (a command handler's event): its checks in one
--- expression, then one statement for the binding, the locks and the floor, and one insert,
--- which numbers, checks expected_sequence, draws and writes. A batch of at most 64 aggregates
+-- run few of either. A single command (a command handler's event): its checks and, for most
+-- callers, its binding in one expression, then one statement for the locks and the floor, and
+-- one insert, which numbers, checks expected_sequence, draws and writes. A batch of at most 64 aggregates
 -- whose commands are all valid: one statement to check it, one for the locks, one for the
 -- floor, one to number, draw and insert.
 --
@@ -1045,20 +1045,25 @@ BEGIN
                   THEN split_part(marked, '#', 2)::integer ELSE 0 END;
 
     -- The common case, one valid command without an id under READ COMMITTED, in as few
-    -- statements as PL/pgSQL allows (each costs an executor start-up): one for the binding, the
-    -- locks and the floor, one to number, check expected_sequence, draw and insert. Anything
-    -- else, and every refusal, takes the general way below.
+    -- statements as PL/pgSQL allows (each costs an executor start-up): one for the locks and
+    -- the floor, one to number, check expected_sequence, draw and insert. Anything else, and
+    -- every refusal, takes the general way below. The binding without a query: a session whose
+    -- eventstore.tenant names the command's instance may push to it, bound or not, and so may a
+    -- caller with the privileges of the functions' owner (the role that installed the edition
+    -- and owns its tables; superusers too), who is never bound; anyone else takes the general
+    -- way, which reads the binding.
     IF size = 1 AND one.id IS NULL AND taken < 256
        AND eventstore_sql.is_valid_command(one.revision, one.expected_sequence, one.payload,
                one.metadata, one.instance_id, one.aggregate_type, one.aggregate_id,
                one.event_type, one.creator, one.owner)
+       AND (current_setting('eventstore.tenant', true) = one.instance_id
+            OR pg_has_role(eventstore_sql.caller()::name, current_user, 'USAGE'))
        AND current_setting('transaction_isolation') = 'read committed'
        AND current_setting('eventstore.sql_bulk', true) IS DISTINCT FROM this_transaction THEN
-        -- The statement reads its FROM first: no row, and no lock, for a caller bound to
-        -- another tenant (the general way refuses it). Then its target list, left to right:
-        -- the locks in their canonical order (trap 11), then the floor, once per transaction
-        -- (take_floor), its high key read before its low key, so that a position drawn between
-        -- the two reads can only lower the floor they make together, never raise it.
+        -- A statement's target list is computed left to right: the locks in their canonical
+        -- order (trap 11), then the floor, once per transaction (take_floor), its high key read
+        -- before its low key, so that a position drawn between the two reads can only lower the
+        -- floor they make together, never raise it.
         PERFORM pg_advisory_xact_lock_shared(eventstore_sql.all_writers_key()),
                 pg_advisory_xact_lock_shared(eventstore_sql.writer_key(one.instance_id)),
                 pg_advisory_xact_lock(eventstore_sql.aggregate_key(one.instance_id,
@@ -1070,41 +1075,38 @@ BEGIN
                 CASE WHEN current_setting('eventstore.sql_floor', true) IS DISTINCT FROM this_transaction
                      THEN pg_advisory_xact_lock_shared(17671,
                               (eventstore_sql.last_drawn() + 1)::bit(32)::integer) END,
-                set_config('eventstore.sql_floor', this_transaction, true)
-           FROM eventstore_sql.binding() b
-          WHERE b.tenant IS NULL OR b.tenant = one.instance_id;
-        IF FOUND THEN
-            -- Numbered under a snapshot taken after the lock waits (trap 4); no row when the
-            -- aggregate is not at the expected sequence.
-            RETURN QUERY
-            INSERT INTO eventstore.events AS e (instance_id, aggregate_type, aggregate_id,
-                   sequence, event_type, revision, payload, creator, owner, created_at, position,
-                   in_tx_order, metadata)
-            SELECT one.instance_id, one.aggregate_type, one.aggregate_id,
-                   coalesce(l.sequence, 0) + 1, one.event_type, coalesce(one.revision, 1::smallint),
-                   eventstore_sql.json_object(one.payload),
-                   coalesce(one.creator, eventstore_sql.caller()),
-                   coalesce(one.owner, l.owner, one.instance_id), now(),
-                   nextval('eventstore.position_seq'::regclass), 0,
-                   eventstore_sql.json_object(one.metadata)
-              FROM (SELECT) AS command
-              LEFT JOIN LATERAL (
-                    SELECT s.sequence, s.owner FROM eventstore.events s
-                     WHERE s.instance_id = one.instance_id AND s.aggregate_type = one.aggregate_type
-                       AND s.aggregate_id = one.aggregate_id
-                     ORDER BY s.sequence DESC LIMIT 1) l ON true
-             WHERE one.expected_sequence IS NULL OR one.expected_sequence = coalesce(l.sequence, 0)
-            RETURNING e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.position,
-                      e.in_tx_order, e.created_at, e.owner, e.id;
-            IF NOT FOUND THEN
-                PERFORM eventstore_sql.check_expected_sequences(commands);
-            END IF;
-            IF current_setting('eventstore.notify', true) = 'on' THEN
-                PERFORM eventstore_sql.note_for_notify();
-            END IF;
-            RETURN;
+                set_config('eventstore.sql_floor', this_transaction, true);
+        -- Numbered under a snapshot taken after the lock waits (trap 4); no row when the
+        -- aggregate is not at the expected sequence.
+        RETURN QUERY
+        INSERT INTO eventstore.events AS e (instance_id, aggregate_type, aggregate_id,
+               sequence, event_type, revision, payload, creator, owner, created_at, position,
+               in_tx_order, metadata)
+        SELECT one.instance_id, one.aggregate_type, one.aggregate_id,
+               coalesce(l.sequence, 0) + 1, one.event_type, coalesce(one.revision, 1::smallint),
+               eventstore_sql.json_object(one.payload),
+               coalesce(one.creator, eventstore_sql.caller()),
+               coalesce(one.owner, l.owner, one.instance_id), now(),
+               nextval('eventstore.position_seq'::regclass), 0,
+               eventstore_sql.json_object(one.metadata)
+          FROM (SELECT) AS command
+          LEFT JOIN LATERAL (
+                SELECT s.sequence, s.owner FROM eventstore.events s
+                 WHERE s.instance_id = one.instance_id AND s.aggregate_type = one.aggregate_type
+                   AND s.aggregate_id = one.aggregate_id
+                 ORDER BY s.sequence DESC LIMIT 1) l ON true
+         WHERE one.expected_sequence IS NULL OR one.expected_sequence = coalesce(l.sequence, 0)
+        RETURNING e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.position,
+                  e.in_tx_order, e.created_at, e.owner, e.id;
+        IF NOT FOUND THEN
+            PERFORM eventstore_sql.check_expected_sequences(commands);
         END IF;
+        IF current_setting('eventstore.notify', true) = 'on' THEN
+            PERFORM eventstore_sql.note_for_notify();
+        END IF;
+        RETURN;
     END IF;
+
     SELECT b.tenant INTO tenant FROM eventstore_sql.binding() b;
 
     -- The whole batch at once; the slow paths below only name the first refusal.
