@@ -240,13 +240,13 @@ END
 $$;
 
 -- A name as the lock keys encode it: a 0 byte, its length (4 bytes) and its UTF-8 bytes; a 1
--- byte for none. STABLE, as convert_to is: so that the planner inlines it (and the keys built
--- on it) into the calling statement.
+-- byte for none (the concatenation is NULL for a NULL name). STABLE, as convert_to is: so that
+-- the planner inlines it (and the keys built on it) into the calling statement, where its few
+-- nodes are compiled at every execution.
 CREATE FUNCTION eventstore_sql.key_name(name text) RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE
-RETURN CASE WHEN name IS NULL THEN '\x01'::bytea
-            ELSE '\x00'::bytea || pg_catalog.int4send(pg_catalog.octet_length(name))
-                 || pg_catalog.convert_to(name, 'UTF8') END;
+RETURN coalesce('\x00'::bytea || pg_catalog.int4send(pg_catalog.octet_length(name))
+                || pg_catalog.convert_to(name, 'UTF8'), '\x01'::bytea);
 
 -- A digest key: the first 8 bytes of SHA-256 over the family number and the encoded names.
 CREATE FUNCTION eventstore_sql.lock_key(family integer, names bytea) RETURNS bigint
