@@ -989,7 +989,8 @@ $$;
 -- With eventstore.notify = on, after a push: the highest position this transaction wrote, for
 -- its one NOTIFY at commit; the first push of the transaction (or the first after a rolled-back
 -- savepoint undid the note) also queues that NOTIFY: a row in eventstore_sql.notifying, whose
--- deferred trigger sends it at commit (eventstore_sql.notify_at_commit).
+-- deferred trigger sends it at commit (eventstore_sql.notify_at_commit). No search_path of its
+-- own: only push calls it, which pins its own.
 CREATE FUNCTION eventstore_sql.note_for_notify() RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -1009,9 +1010,9 @@ $$;
 -- statement it runs and compiles every expression anew in each transaction, so the common paths
 -- run few of either. A single command (a command handler's event): its checks and, for most
 -- callers, its binding in one expression, then one statement for the locks and the floor, and
--- one insert, which numbers, checks expected_sequence, draws and writes. A batch of at most 64 aggregates
--- whose commands are all valid: one statement to check it, one for the locks, one for the
--- floor, one to number, draw and insert.
+-- one insert, which numbers, checks expected_sequence, draws and writes. A batch of at most 64
+-- aggregates whose commands are all valid: one statement to check it, one for the locks, one
+-- for the floor, one to number, draw and insert.
 --
 -- Under REPEATABLE READ and SERIALIZABLE the aggregate's sequence is read under the
 -- transaction's snapshot (SQL cannot take a fresh one): when another transaction committed to
@@ -1270,9 +1271,9 @@ COMMENT ON FUNCTION eventstore.push(jsonb) IS
 -- notification on channel eventstore_events when it commits: {"position": <highest position
 -- written>}, no tenant name. Its first push queues a row here (note_for_notify), whose deferred
 -- trigger sends the notification at commit and deletes the row. A rolled-back transaction (or
--- savepoint) sends nothing for what it undid: the row goes with it. The table has no trigger on
--- eventstore.events, so that pushes with notify off pay nothing for it; unlogged, as it only
--- ever holds the rows of transactions in flight.
+-- savepoint) sends nothing for what it undid: the row goes with it. The trigger is not on
+-- eventstore.events, so that pushes with notify off pay nothing for it. The table is unlogged:
+-- it only ever holds rows of transactions in flight.
 CREATE UNLOGGED TABLE eventstore_sql.notifying (xact xid8 NOT NULL);
 REVOKE ALL ON eventstore_sql.notifying FROM PUBLIC;
 
