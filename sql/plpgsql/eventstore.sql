@@ -1007,10 +1007,11 @@ $$;
 
 -- push: append a batch atomically (G1), with gapless aggregate sequences (G2) and positions
 -- drawn under the locks (G3); src/push/mod.rs. PL/pgSQL pays an executor start-up for every
--- statement it runs and compiles every expression anew in each transaction, so the common paths
--- run few of either. A single command (a command handler's event): its checks and, for most
--- callers, its binding in one expression, then one statement for the locks and the floor, and
--- one insert, which numbers, checks expected_sequence, draws and writes. A batch of at most 64
+-- statement it runs (a PERFORM too; not an assignment of one expression) and compiles every
+-- expression anew in each transaction, so the common paths run few of either. A single command
+-- (a command handler's event): its checks and, for most callers, its binding in one expression,
+-- the locks and the floor in another, and one insert, which numbers, checks expected_sequence,
+-- draws and writes. A batch of at most 64
 -- aggregates whose commands are all valid: one statement to check it, one for the locks, one
 -- for the floor, one to number, draw and insert.
 --
@@ -1034,6 +1035,7 @@ DECLARE
     taken integer;
     replayed eventstore.pushed[];
     written integer;
+    locking integer;  -- the value of the single command's lock expression, unused
 BEGIN
     IF size IS NULL OR size = 0 OR size > 10000 THEN
         IF commands IS NULL THEN
@@ -1061,11 +1063,12 @@ BEGIN
             OR pg_has_role(eventstore_sql.caller()::name, current_user, 'USAGE'))
        AND current_setting('transaction_isolation') = 'read committed'
        AND current_setting('eventstore.sql_bulk', true) IS DISTINCT FROM this_transaction THEN
-        -- A statement's target list is computed left to right: the locks in their canonical
-        -- order (trap 11), then the floor, once per transaction (take_floor), its high key read
-        -- before its low key, so that a position drawn between the two reads can only lower the
-        -- floor they make together, never raise it.
-        PERFORM pg_advisory_xact_lock_shared(eventstore_sql.all_writers_key()),
+        -- One expression assigned, not a statement: PL/pgSQL evaluates it without starting the
+        -- executor, as it would for a PERFORM. num_nulls evaluates its arguments left to right:
+        -- the locks in their canonical order (trap 11), then the floor, once per transaction
+        -- (take_floor), its high key read before its low key, so that a position drawn between
+        -- the two reads can only lower the floor they make together, never raise it.
+        locking := num_nulls(pg_advisory_xact_lock_shared(eventstore_sql.all_writers_key()),
                 pg_advisory_xact_lock_shared(eventstore_sql.writer_key(one.instance_id)),
                 pg_advisory_xact_lock(eventstore_sql.aggregate_key(one.instance_id,
                     one.aggregate_type, one.aggregate_id)),
@@ -1076,19 +1079,20 @@ BEGIN
                 CASE WHEN current_setting('eventstore.sql_floor', true) IS DISTINCT FROM this_transaction
                      THEN pg_advisory_xact_lock_shared(17671,
                               (eventstore_sql.last_drawn() + 1)::bit(32)::integer) END,
-                set_config('eventstore.sql_floor', this_transaction, true);
+                set_config('eventstore.sql_floor', this_transaction, true));
         -- Numbered under a snapshot taken after the lock waits (trap 4); no row when the
-        -- aggregate is not at the expected sequence.
+        -- aggregate is not at the expected sequence. Every column, in the table's order: the
+        -- planner then drops the subquery scan it puts over the SELECT of an INSERT.
         RETURN QUERY
         INSERT INTO eventstore.events AS e (instance_id, aggregate_type, aggregate_id,
                sequence, event_type, revision, payload, creator, owner, created_at, position,
-               in_tx_order, metadata)
+               in_tx_order, id, metadata)
         SELECT one.instance_id, one.aggregate_type, one.aggregate_id,
                coalesce(l.sequence, 0) + 1, one.event_type, coalesce(one.revision, 1::smallint),
                eventstore_sql.json_object(one.payload),
                coalesce(one.creator, eventstore_sql.caller()),
                coalesce(one.owner, l.owner, one.instance_id), now(),
-               nextval('eventstore.position_seq'::regclass), 0,
+               nextval('eventstore.position_seq'::regclass), 0, NULL::uuid,
                eventstore_sql.json_object(one.metadata)
           FROM (SELECT) AS command
           LEFT JOIN LATERAL (
