@@ -301,7 +301,7 @@ AS $$
 BEGIN
     -- The high key (past 2^32) from a read before the low key's: a position drawn between the
     -- two reads can only lower the floor they make together (push's single-command way takes
-    -- the floor in the same two reads, in its lock statement).
+    -- the floor in the same two reads, in its lock expression).
     PERFORM pg_catalog.pg_advisory_xact_lock_shared(17672,
                 nullif((eventstore_sql.last_drawn() + 1) >> 32, 0)::bit(32)::integer),
             pg_catalog.pg_advisory_xact_lock_shared(17671,
@@ -1011,9 +1011,8 @@ $$;
 -- expression anew in each transaction, so the common paths run few of either. A single command
 -- (a command handler's event): its checks and, for most callers, its binding in one expression,
 -- the locks and the floor in another, and one insert, which numbers, checks expected_sequence,
--- draws and writes. A batch of at most 64
--- aggregates whose commands are all valid: one statement to check it, one for the locks, one
--- for the floor, one to number, draw and insert.
+-- draws and writes. A batch of at most 64 aggregates whose commands are all valid: one
+-- statement to check it, one for the locks, one for the floor, one to number, draw and insert.
 --
 -- Under REPEATABLE READ and SERIALIZABLE the aggregate's sequence is read under the
 -- transaction's snapshot (SQL cannot take a fresh one): when another transaction committed to
@@ -1048,13 +1047,13 @@ BEGIN
                   THEN split_part(marked, '#', 2)::integer ELSE 0 END;
 
     -- The common case, one valid command without an id under READ COMMITTED, in as few
-    -- statements as PL/pgSQL allows (each costs an executor start-up): one for the locks and
-    -- the floor, one to number, check expected_sequence, draw and insert. Anything else, and
-    -- every refusal, takes the general way below. The binding without a query: a session whose
-    -- eventstore.tenant names the command's instance may push to it, bound or not, and so may a
-    -- caller with the privileges of the functions' owner (the role that installed the edition
-    -- and owns its tables; superusers too), who is never bound; anyone else takes the general
-    -- way, which reads the binding.
+    -- statements as PL/pgSQL allows (each costs an executor start-up): an expression for the
+    -- locks and the floor, one statement to number, check expected_sequence, draw and insert.
+    -- Anything else, and every refusal, takes the general way below. The binding without a
+    -- query: a session whose eventstore.tenant names the command's instance may push to it,
+    -- bound or not, and so may a caller with the privileges of the functions' owner (the role
+    -- that installed the edition and owns its tables; superusers too), who is never bound;
+    -- anyone else takes the general way, which reads the binding.
     IF size = 1 AND one.id IS NULL AND taken < 256
        AND eventstore_sql.is_valid_command(one.revision, one.expected_sequence, one.payload,
                one.metadata, one.instance_id, one.aggregate_type, one.aggregate_id,
