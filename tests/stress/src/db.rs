@@ -152,7 +152,7 @@ impl<'r> Link<'r> {
     }
 
     fn lost(&mut self) -> Ended {
-        let explained = self.session.take().and_then(|s| self.run.faults.latest_for(s.pid, s.since));
+        let explained = self.session.take().and_then(|s| self.run.faults.first_for(s.pid, s.since));
         if explained.is_some() { self.tally.faults += 1 } else { self.tally.dropped += 1 }
         Ended::Lost { at: explained.unwrap_or_else(|| self.run.clock.tick()) }
     }

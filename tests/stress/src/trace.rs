@@ -9,8 +9,10 @@
 //! that two transactions ran it at once.
 //!
 //! When a fault ends a transaction, the backend let go of the projection at some moment after
-//! the fault was issued: the interval closes at the fault's tick (never before it opened), so
-//! that a fault cannot fake an overlap. A connection lost without a fault of ours to explain
+//! the fault was issued: the interval closes at the fault's tick when that comes first (never
+//! before it opened), so that a fault cannot fake an overlap. The worker learns of the fault
+//! only from its next statement, which may be the COMMIT or ROLLBACK itself: an interval is
+//! entered once its transaction has ended. A connection lost without a fault of ours to explain
 //! it (a crashed backend) is itself reported.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,11 +63,12 @@ impl FaultLog {
         self.0.lock().unwrap()[fault].done = clock.tick();
     }
 
-    /// The tick at which the latest fault that could have ended backend `pid`, connected at
-    /// tick `since`, was issued.
-    pub fn latest_for(&self, pid: i32, since: u64) -> Option<u64> {
+    /// The tick at which the first fault that could have ended backend `pid`, connected at
+    /// tick `since`, was issued: the backend let go of its locks after that tick, perhaps long
+    /// before a later fault aimed at it too.
+    pub fn first_for(&self, pid: i32, since: u64) -> Option<u64> {
         let faults = self.0.lock().unwrap();
-        faults.iter().rev()
+        faults.iter()
             .find(|f| f.done > since && f.pid.is_none_or(|p| p == pid))
             .map(|f| f.issued)
     }

@@ -513,6 +513,7 @@ impl<'r> Worker<'r> {
         let client = self.link.client()?;
 
         let mut opened: Option<u64> = None;
+        let mut closed: Option<u64> = None;
         let mut fetched_count = 0;
         let mut partition = 0;
         let mut killed = false;
@@ -542,8 +543,9 @@ impl<'r> Worker<'r> {
             if applied > 0 {
                 apply(client, apply_statement, mode, &targets[target], batch, self.id, &fetched.prefix(applied))?;
             }
-            let close = run.clock.tick();
-            self.report.intervals.push(Interval { target, partition, worker: self.id, open: opened.take().unwrap(), close });
+            // The interval is entered once the transaction has ended: a fault may have taken the
+            // backend before this tick (with nothing sent since, only COMMIT or ROLLBACK tells).
+            closed = Some(run.clock.tick());
             if let Some(n) = poison {
                 client.batch_execute("ROLLBACK")?;
                 return Ok(Ending::Failed { position: fetched.positions[n] });
@@ -554,6 +556,17 @@ impl<'r> Worker<'r> {
             Ok(if commit { Ending::Committed } else { Ending::RolledBack })
         })();
 
+        let ended = result.as_ref().err().map(|error| self.link.failed(error));
+        if let Some(open) = opened {
+            // A transaction that failed ended no later than its failure; a lost backend let go
+            // of the projection after the fault that took it, which may precede `closed`.
+            let ended_at = match ended {
+                Some(Ended::Lost { at } | Ended::RolledBack { at }) => at,
+                None => u64::MAX,
+            };
+            let close = closed.unwrap_or(u64::MAX).min(ended_at).max(open);
+            self.report.intervals.push(Interval { target, partition, worker: self.id, open, close });
+        }
         match result {
             Ok(Ending::Empty) => self.failures_in_a_row = 0,
             Ok(Ending::Committed) => {
@@ -566,12 +579,7 @@ impl<'r> Worker<'r> {
                 self.report.poison.failures += 1;
                 self.report_failure(&targets[target], partition, position)?;
             }
-            Err(error) => {
-                let ended = self.link.failed(&error);
-                if let Some(open) = opened {
-                    let (Ended::Lost { at } | Ended::RolledBack { at }) = ended;
-                    self.report.intervals.push(Interval { target, partition, worker: self.id, open, close: at.max(open) });
-                }
+            Err(_) => {
                 if killed {
                     self.report.poison.killed.push(batch);
                 }
