@@ -119,4 +119,22 @@ mod tests {
         assert!(overlaps(&[at(0, 1, 5), other]).is_empty());
         assert_eq!(overlaps(&[at(0, 1, 5), other, Interval { partition: 1, ..at(0, 3, 4) }]).len(), 1);
     }
+
+    #[test]
+    fn a_lost_backend_is_explained_by_the_first_fault_that_could_have_taken_it() {
+        let (clock, faults) = (Clock::default(), FaultLog::default());
+        let before = faults.issue(Some(7), &clock);
+        faults.done(before, &clock);
+        let since = clock.tick();
+        let other = faults.issue(Some(8), &clock);
+        faults.done(other, &clock);
+        let first = faults.issue(Some(7), &clock);
+        faults.done(first, &clock);
+        let crash = faults.issue(None, &clock);
+        faults.done(crash, &clock);
+        // Issued at ticks 1, 4, 6 and 8: the one before the session connected cannot explain it.
+        assert_eq!(faults.first_for(7, since), Some(6));
+        assert_eq!(faults.first_for(9, since), Some(8));
+        assert_eq!(faults.first_for(9, clock.tick()), None);
+    }
 }
