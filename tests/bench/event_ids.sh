@@ -1,7 +1,8 @@
 # event_id_index (issue 14): what the event id's unique index (events_id_key, partial: WHERE id
 # IS NOT NULL) costs a push. Two databases of the bench cluster, each with the extension and the
-# same log of $EVENT_ID_LOG events; in "eventstore_no_id_index" the index is dropped. Needs
-# neither the preloaded logs nor Message DB. Sourced by scripts/bench.
+# same log of $EVENT_ID_LOG events; in "eventstore_no_id_index" the index is dropped. Every slice
+# runs on a fresh copy of its database's template (afresh in lib.sh). Needs neither the
+# preloaded logs nor Message DB. Sourced by scripts/bench.
 #
 #   push_1_with_id_index_vs_without    single-event push (no id), 1 client, events/s: with the
 #                                      index ÷ without it
@@ -20,20 +21,20 @@ case_event_id_index() {
     say "eventstore_ids and eventstore_no_id_index, a log of $EVENT_ID_LOG events in both"
     local db result es base durability n
     for db in eventstore_ids eventstore_no_id_index; do
-        sql postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
-        sql "$db" -c "CREATE EXTENSION eventstore"
-        fill_log "$db" "$EVENT_ID_LOG"
+        sql postgres -c "DROP DATABASE IF EXISTS $db" -c "DROP DATABASE IF EXISTS ${db}_template" \
+            -c "CREATE DATABASE ${db}_template"
+        sql "${db}_template" -c "CREATE EXTENSION eventstore"
+        fill_log "${db}_template" "$EVENT_ID_LOG"
     done
-    sql eventstore_no_id_index -c "DROP INDEX eventstore.events_id_key"
-    sql postgres -c CHECKPOINT
+    sql eventstore_no_id_index_template -c "DROP INDEX eventstore.events_id_key"
     for durability in on off; do
         for n in 1 100; do
-            result=$(interleave "writes eventstore_ids 1 $durability push_$n" \
-                                "writes eventstore_no_id_index 1 $durability push_$n")
+            result=$(interleave "fresh_writes eventstore_ids 1 $durability push_$n" \
+                                "fresh_writes eventstore_no_id_index 1 $durability push_$n")
             read -r es base <<<"$result"
             record "push_${n}_with_id_index_vs_without" $durability "$(calc "$es * $n")" "$(calc "$base * $n")" ev/s "$es / $base"
-            result=$(interleave "writes eventstore_ids 1 $durability push_ids_$n" \
-                                "writes eventstore_ids 1 $durability push_$n")
+            result=$(interleave "fresh_writes eventstore_ids 1 $durability push_ids_$n" \
+                                "fresh_writes eventstore_ids 1 $durability push_$n")
             read -r es base <<<"$result"
             record "push_${n}_ids_vs_no_ids" $durability "$(calc "$es * $n")" "$(calc "$base * $n")" ev/s "$es / $base"
         done

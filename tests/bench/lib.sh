@@ -62,6 +62,20 @@ fill_log() {
     sql "$1" -c "VACUUM (ANALYZE) eventstore.events"
 }
 
+# afresh DB: DB dropped and copied again from DB_template, then a checkpoint.
+#
+# A write case runs every slice on a fresh copy of its template. Without it the two sides drift
+# apart: the faster side writes more events per slice, so its table and indexes grow faster and
+# its later slices slow down, which flatters the slower side (full mode, 2026-12-06: the SQL
+# edition's 8-client single-event ratio with commits off read 0.72 without the copies, 0.64 with
+# them); and a table that earlier cases wrote into is bigger than its baseline's.
+afresh() {
+    sql postgres -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1 TEMPLATE $1_template" \
+        -c CHECKPOINT >/dev/null
+}
+# fresh_writes DB ARG...: writes (writes.sh) on a fresh copy of DB_template.
+fresh_writes() { afresh "$1"; writes "$@"; }
+
 # percentile TAG P: the P-th percentile (0 < P <= 1) of $work/TAG.latencies.
 percentile() { sort -n "$work/$1.latencies" | awk -v p="$2" '{ v[NR] = $1 } END { i = int(NR * p); if (i < NR * p) i++; if (i < 1) i = 1; print v[i] }'; }
 

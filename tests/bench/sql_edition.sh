@@ -11,22 +11,13 @@
 #                                     same log of $SQL_EDITION_LOG events in both databases
 # Each also _syncoff (the CPU cost; with default durability both sides wait for the flush).
 #
-# Every slice runs on a fresh copy of its side's template database (filled once, vacuumed), made
-# just before the slice and followed by a checkpoint. Without it the sides drift apart: the
-# faster side writes more events per slice, so its table and indexes grow faster and its later
-# slices slow down, which flatters the slower side (full mode, 2026-12-06: the 8-client
-# single-event ratio with commits off read 0.72 without the copies, 0.64 with them).
+# Every slice runs on a fresh copy of its side's template database (filled once, vacuumed; see
+# afresh in lib.sh).
 
 self_contained+=(sql_edition_vs_native)
 goal ">= 0.7" 'sql_edition_vs_native_push_*'
 SQL_EDITION_LOG=200000
 
-# afresh DB: DB dropped and copied again from DB_template, then a checkpoint.
-afresh() {
-    sql postgres -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1 TEMPLATE $1_template" \
-        -c CHECKPOINT >/dev/null
-}
-fresh_writes() { afresh "$1"; writes "$@"; }
 fresh_catchups() { afresh "$1"; catchups "$@"; }
 # versus CMD ARG...: interleave's means of CMD on the edition's database and on native's.
 versus() { local cmd=$1; shift; interleave "$cmd eventstore_sql $*" "$cmd eventstore_native $*"; }

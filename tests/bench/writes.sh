@@ -1,10 +1,14 @@
 # The write cases: eventstore.push against a bare INSERT and against a PL/pgSQL push with the
-# same semantics, in the database "eventstore". Sourced by scripts/bench.
+# same semantics. Sourced by scripts/bench.
 #
 # Both sides are pgbench scripts generated here (batch_script), from the same rows; the
 # baselines' tables and the PL/pgSQL push are in tests/bench/writes.sql. The single-event push
 # script made here (push_1) is also the eventstore side of push_vs_message_db, scaling and
 # writer_p99.
+#
+# Every slice runs in the database "writes", a fresh copy of "writes_template" (afresh in
+# lib.sh): the extension, writes.sql, and the same log of $WRITES_LOG events in eventstore.events
+# and in both baselines' tables, so that each side writes into a table of the same size.
 #
 #   push_1_vs_insert              single-event push ÷ a bare prepared INSERT of the same row into
 #                                 a copy of eventstore.events (same indexes, position from a
@@ -82,23 +86,46 @@ write_scripts() {
 # writes DB CLIENTS DURABILITY SCRIPT [NAGGS]: transactions/s of a generated script, its writes
 # spread over NAGGS aggregates (default $AGGREGATES).
 writes() { pgbench_run "$1" "$2" "$3" "$work/$4.pgbench" "naggs=${5:-$AGGREGATES}"; }
-# The same with eventstore.notify = on: a NOTIFY per transaction, whose commit lock serializes
-# the notifying writers.
-writes_with_notify() { SESSION_OPTIONS="-c eventstore.notify=on" writes "$@"; }
+# The same on a fresh copy of writes_template with eventstore.notify = on: a NOTIFY per
+# transaction, whose commit lock serializes the notifying writers.
+fresh_writes_with_notify() { SESSION_OPTIONS="-c eventstore.notify=on" fresh_writes "$@"; }
+
+WRITES_LOG=200000
+writes_template_made=false
+
+# make_writes_template: writes_template, once per run: the extension, writes.sql, and the log
+# of $WRITES_LOG events (10 per aggregate, as the pushes write them) in eventstore.events, copied
+# into bench.insert_events and bench.plpgsql_events with their sequences set past it; vacuumed.
+make_writes_template() {
+    $writes_template_made && return
+    say "writes_template: a log of $WRITES_LOG events in eventstore.events and in both baselines' tables"
+    sql postgres -c "DROP DATABASE IF EXISTS writes" -c "DROP DATABASE IF EXISTS writes_template" \
+        -c "CREATE DATABASE writes_template"
+    sql writes_template -c "CREATE EXTENSION eventstore"
+    sql writes_template -f "$cases/writes.sql"
+    insert_events writes_template 1 "$WRITES_LOG" "$WRITES_LOG"
+    sql writes_template -c "INSERT INTO bench.insert_events SELECT * FROM eventstore.events" \
+        -c "INSERT INTO bench.plpgsql_events SELECT * FROM eventstore.events" \
+        -c "SELECT setval('bench.insert_position_seq', max(position)),
+                   setval('bench.plpgsql_position_seq', max(position)) FROM eventstore.events" \
+        -c "VACUUM (ANALYZE)" >/dev/null
+    writes_template_made=true
+}
 
 case_push_vs_insert() {
     local durability result es base
+    make_writes_template
     for durability in on off; do
-        result=$(interleave "writes eventstore 1 $durability push_1" "writes eventstore 1 $durability insert_1")
+        result=$(interleave "fresh_writes writes 1 $durability push_1" "fresh_writes writes 1 $durability insert_1")
         read -r es base <<<"$result"
         record push_1_vs_insert $durability "$es" "$base" ev/s "$es / $base"
-        result=$(interleave "writes eventstore 8 $durability push_1" "writes eventstore 8 $durability insert_1")
+        result=$(interleave "fresh_writes writes 8 $durability push_1" "fresh_writes writes 8 $durability insert_1")
         read -r es base <<<"$result"
         record push_1x8_vs_insert $durability "$es" "$base" ev/s "$es / $base"
-        result=$(interleave "writes eventstore 32 $durability push_1" "writes eventstore 32 $durability insert_1")
+        result=$(interleave "fresh_writes writes 32 $durability push_1" "fresh_writes writes 32 $durability insert_1")
         read -r es base <<<"$result"
         record push_1x32_vs_insert $durability "$es" "$base" ev/s "$es / $base"
-        result=$(interleave "writes_with_notify eventstore 8 $durability push_1" "writes eventstore 8 $durability insert_1")
+        result=$(interleave "fresh_writes_with_notify writes 8 $durability push_1" "fresh_writes writes 8 $durability insert_1")
         read -r es base <<<"$result"
         record push_1x8_notify_on_vs_insert $durability "$es" "$base" ev/s "$es / $base"
     done
@@ -106,8 +133,9 @@ case_push_vs_insert() {
 
 case_push_100_vs_multirow_insert() {
     local durability result es base
+    make_writes_template
     for durability in on off; do
-        result=$(interleave "writes eventstore 1 $durability push_100" "writes eventstore 1 $durability insert_100")
+        result=$(interleave "fresh_writes writes 1 $durability push_100" "fresh_writes writes 1 $durability insert_100")
         read -r es base <<<"$result"
         record push_100_vs_multirow_insert $durability "$(calc "$es * 100")" "$(calc "$base * 100")" ev/s "$es / $base"
     done
@@ -115,11 +143,12 @@ case_push_100_vs_multirow_insert() {
 
 case_push_vs_plpgsql_reference() {
     local durability result es base
+    make_writes_template
     for durability in on off; do
-        result=$(interleave "writes eventstore 1 $durability push_100" "writes eventstore 1 $durability plpgsql_100")
+        result=$(interleave "fresh_writes writes 1 $durability push_100" "fresh_writes writes 1 $durability plpgsql_100")
         read -r es base <<<"$result"
         record push_vs_plpgsql_reference $durability "$(calc "$es * 100")" "$(calc "$base * 100")" ev/s "$es / $base"
-        result=$(interleave "writes eventstore 1 $durability push_1" "writes eventstore 1 $durability plpgsql_1")
+        result=$(interleave "fresh_writes writes 1 $durability push_1" "fresh_writes writes 1 $durability plpgsql_1")
         read -r es base <<<"$result"
         record push_1_vs_plpgsql_reference $durability "$es" "$base" ev/s "$es / $base"
     done
@@ -129,7 +158,8 @@ case_push_vs_plpgsql_reference() {
 # SQL function; the other cases use ROW(...)::eventstore.command).
 case_command_constructor() {
     local result es base
-    result=$(interleave "writes eventstore 1 off push_fn_100" "writes eventstore 1 off push_100")
+    make_writes_template
+    result=$(interleave "fresh_writes writes 1 off push_fn_100" "fresh_writes writes 1 off push_100")
     read -r es base <<<"$result"
     record push_100_command_fn_vs_row off "$(calc "$es * 100")" "$(calc "$base * 100")" ev/s "$es / $base"
 }

@@ -1,5 +1,5 @@
--- The baselines of the write cases (tests/bench/writes.sh), in schema "bench" of the bench
--- database (which already has CREATE EXTENSION eventstore).
+-- The baselines of the write cases (tests/bench/writes.sh), in schema "bench" of their template
+-- database, writes_template (which already has CREATE EXTENSION eventstore).
 --
 -- 1. bench.insert_events: a bare table identical to eventstore.events (same columns,
 --    constraints and indexes), with its position from a CACHE 1 sequence like
