@@ -21,8 +21,7 @@ case_event_id_index() {
     say "eventstore_ids and eventstore_no_id_index, a log of $EVENT_ID_LOG events in both"
     local db result es base durability n
     for db in eventstore_ids eventstore_no_id_index; do
-        sql postgres -c "DROP DATABASE IF EXISTS $db" -c "DROP DATABASE IF EXISTS ${db}_template" \
-            -c "CREATE DATABASE ${db}_template"
+        new_template "$db"
         sql "${db}_template" -c "CREATE EXTENSION eventstore"
         fill_log "${db}_template" "$EVENT_ID_LOG"
     done

@@ -73,6 +73,11 @@ afresh() {
     sql postgres -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1 TEMPLATE $1_template" \
         -c CHECKPOINT >/dev/null
 }
+# new_template DB: DB and DB_template dropped, DB_template created empty (for afresh DB).
+new_template() {
+    sql postgres -c "DROP DATABASE IF EXISTS $1" -c "DROP DATABASE IF EXISTS $1_template" \
+        -c "CREATE DATABASE $1_template"
+}
 # fresh_writes DB ARG...: writes (writes.sh) on a fresh copy of DB_template.
 fresh_writes() { afresh "$1"; writes "$@"; }
 

@@ -21,7 +21,7 @@ install_message_db() {
     mkdir -p "$npm_dir"
     npm install --prefix "$npm_dir" --no-audit --no-fund --silent @eventide/message-db >/dev/null
     pkg=$npm_dir/node_modules/@eventide/message-db/database
-    sql postgres -c "CREATE DATABASE message_store_template"
+    new_template message_store
     for script in install.sh install-functions.sh install-indexes.sh install-views.sh install-privileges.sh; do
         for file in $(grep -o '\$base/[a-z0-9/_-]*\.sql' "$pkg/$script" | sed "s|^\\\$base|$pkg|"); do
             sql message_store_template -f "$file"

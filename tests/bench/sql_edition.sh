@@ -25,10 +25,7 @@ versus() { local cmd=$1; shift; interleave "$cmd eventstore_sql $*" "$cmd events
 case_sql_edition_vs_native() {
     say "the SQL edition into eventstore_sql; a log of $SQL_EDITION_LOG events in both"
     local db result es base durability
-    for db in eventstore_sql eventstore_native; do
-        sql postgres -c "DROP DATABASE IF EXISTS $db" -c "DROP DATABASE IF EXISTS ${db}_template" \
-            -c "CREATE DATABASE ${db}_template"
-    done
+    for db in eventstore_sql eventstore_native; do new_template "$db"; done
     sql eventstore_sql_template --single-transaction -f sql/plpgsql/eventstore.sql
     sql eventstore_native_template -c "CREATE EXTENSION eventstore"
     for db in eventstore_sql eventstore_native; do fill_log "${db}_template" "$SQL_EDITION_LOG"; done

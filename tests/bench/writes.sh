@@ -99,8 +99,7 @@ writes_template_made=false
 make_writes_template() {
     $writes_template_made && return
     say "writes_template: a log of $WRITES_LOG events in eventstore.events and in both baselines' tables"
-    sql postgres -c "DROP DATABASE IF EXISTS writes" -c "DROP DATABASE IF EXISTS writes_template" \
-        -c "CREATE DATABASE writes_template"
+    new_template writes
     sql writes_template -c "CREATE EXTENSION eventstore"
     sql writes_template -f "$cases/writes.sql"
     insert_events writes_template 1 "$WRITES_LOG" "$WRITES_LOG"

@@ -558,8 +558,9 @@ impl<'r> Worker<'r> {
 
         let ended = result.as_ref().err().map(|error| self.link.failed(error));
         if let Some(open) = opened {
-            // A transaction that failed ended no later than its failure; a lost backend let go
-            // of the projection after the fault that took it, which may precede `closed`.
+            // A failed transaction closes at its failure: after a statement error that is the
+            // tick just before its ROLLBACK; after a lost backend, the first fault that could
+            // have taken it, which may precede `closed` (closing early hides, never fakes).
             let ended_at = match ended {
                 Some(Ended::Lost { at } | Ended::RolledBack { at }) => at,
                 None => u64::MAX,
